@@ -1,0 +1,31 @@
+# jasco developer entry points. Everything installs into $(VENV); torch goes first so that pip
+# never resolves a CUDA build on CPU machines.
+VENV ?= .venv
+PYTHON ?= python3
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.jasco-installed
+export DORA_PACKAGE := jasco
+
+.PHONY: install test test-fast train example clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q -x tests
+
+test-fast: install
+	$(PY) -m pytest -q -x -m "not slow" tests
+
+example: install
+	$(PY) scripts/make_example_dataset.py --out egs/example
+
+clean:
+	rm -rf outputs .pytest_cache
