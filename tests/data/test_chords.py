@@ -105,7 +105,8 @@ def test_parse_chord_details() -> None:
         ChordSymbol(0, "weird").pitch_classes()
 
 
-def test_vocabulary_validation_and_json_round_trip(tmp_path: Path, builtin: ChordVocabulary) -> None:
+def test_vocabulary_validation_and_json_round_trip(tmp_path: Path,
+                                                   builtin: ChordVocabulary) -> None:
     with pytest.raises(ValueError, match="0..2"):
         ChordVocabulary({"N": 0, "UNK": 1, "C": 3})
     with pytest.raises(ValueError, match="'UNK'"):
@@ -168,7 +169,7 @@ def test_chord_file_round_trip_and_errors(tmp_path: Path) -> None:
 
 def test_frame_chords_edges(builtin: ChordVocabulary) -> None:
     c, g = builtin.index("C"), builtin.index("G")
-    # Before the first change: N. Offset shifts the time line; change at 0.3 s hits frame 15 exactly.
+    # Before the first change: N. The change at 0.3 s lands exactly on frame 15.
     frames = frame_chords([(0.1, "C"), (0.3, "G")], builtin, 20, frame_rate=50.0)
     assert frames.tolist() == [0] * 5 + [c] * 10 + [g] * 5
     frames = frame_chords([(0.1, "C"), (0.3, "G")], builtin, 10, offset_s=0.2)

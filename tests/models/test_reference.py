@@ -9,7 +9,7 @@ from jasco.models import flow
 from jasco.models.builders import get_flow_matching_model
 from jasco.models.codec import EncodecCompressionModel
 from jasco.modules.conditioners import temporal_blur
-from tests.reference import CODEC_PREFIX, SMALL_REF, assert_close, require
+from reference_files import CODEC_PREFIX, SMALL_REF, assert_close, require
 
 
 class FakeT5Pair:
