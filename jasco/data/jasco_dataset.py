@@ -1,0 +1,178 @@
+"""The JASCO training dataset: music segments with aligned chords, melody, drum stem and latents.
+
+Side files of `song.wav` (or given per manifest line as `chords_path`, `salience_path`,
+`drums_path`, `latents_path`): `song.chords.json`, `song.salience.npz|.npy`,
+`song.drums.wav|.flac`. A missing side file gives a null condition (None). See docs/DATA_FORMATS.md.
+
+Shapes: `B` batch, `C` channels, `N` samples, `T` latent frames (`frame_rate` per second),
+`K` melody bins (53), `F` latent dim (128).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from jasco.data.attributes import ConditioningAttributes, WavCondition
+from jasco.data.audio import audio_read, convert_audio
+from jasco.data.audio_dataset import AudioMeta
+from jasco.data.chords import ChordVocabulary, frame_chords, read_chord_file
+from jasco.data.info_dataset import MusicDataset, MusicInfo
+from jasco.data.salience import read_salience, salience_segment
+
+LATENT_DIM = 128
+DRUMS_SUFFIXES = (".drums.wav", ".drums.flac")
+SALIENCE_SUFFIXES = (".salience.npz", ".salience.npy")
+CHORDS_SUFFIXES = (".chords.json",)
+
+
+class SideFileError(ValueError):
+    """A side file (chords, salience, drums, latents) is missing where declared or is invalid."""
+
+
+@dataclass
+class JascoInfo(MusicInfo):
+    """A music segment with its JASCO conditions (None = null condition).
+
+    Attributes:
+        frame_chords: chord index per latent frame `[T]` int64.
+        melody: one-hot salience `[K, T]` float32.
+        drums: the drum stem of the same segment, `[C, N]` like the mix.
+        latents: precomputed normalised-or-raw codec latents `[T, F]` float32 (as stored).
+    """
+
+    frame_chords: torch.Tensor | None = None
+    melody: torch.Tensor | None = None
+    drums: WavCondition | None = None
+    latents: torch.Tensor | None = None
+
+    def to_condition_attributes(self) -> ConditioningAttributes:
+        """The conditions of this sample in the data→conditioner contract."""
+        drums = self.drums if self.drums is not None else WavCondition(wav=None, sample_rate=self.sample_rate)
+        return ConditioningAttributes(
+            text={"description": self.description},
+            wav={"self_wav": drums},
+            symbolic={"chords": self.frame_chords, "melody": self.melody},
+        )
+
+
+def find_side_file(meta: AudioMeta, field_name: str, suffixes: tuple[str, ...]) -> Path | None:
+    """The side file named in the manifest line, else the first `<stem><suffix>` that exists."""
+    explicit = meta.get_path(field_name)
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.exists():
+            raise SideFileError(f"'{field_name}' of {meta.path} points to {path}, which does not exist; "
+                                "fix or remove that field of the manifest line.")
+        return path
+    audio = Path(meta.path)
+    stem = audio.with_suffix("")
+    for suffix in suffixes:
+        candidate = stem.parent / (stem.name + suffix)
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def read_latent_segment(path: str | Path, seek_time: float, n_frames: int, frame_rate: float = 50.0) -> torch.Tensor:
+    """Latent frames `[T, F]` starting at `seek_time` from a `.npy` `[T_total, F]`, zero-padded at the end."""
+    path = Path(path)
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:
+        raise SideFileError(f"Cannot read latents file {path}: {exc}") from exc
+    if array.ndim != 2 or array.shape[1] != LATENT_DIM:
+        raise SideFileError(f"Latents file {path} has shape {array.shape}; expected [frames, {LATENT_DIM}] "
+                            f"at {frame_rate:g} frames/s.")
+    start = int(round(seek_time * frame_rate))
+    chunk = np.asarray(array[start:start + n_frames], dtype=np.float32)  # reads only this slice
+    out = torch.zeros(n_frames, LATENT_DIM)
+    out[:chunk.shape[0]] = torch.from_numpy(chunk)
+    return out
+
+
+class JascoDataset(MusicDataset):
+    """Returns `(wav [C, N], JascoInfo)`: a MusicDataset item plus aligned JASCO conditions.
+
+    Args:
+        chords_vocabulary: a ChordVocabulary, "builtin", a vocabulary file, or None to disable chords.
+        use_chords / use_melody / use_drums: read that condition when its side file exists.
+        melody_frame_rate: frame rate of `.npy` salience files (`.npz` store their own).
+        frame_rate: latent frames per second (T = duration * frame_rate).
+        *args, **kwargs: MusicDataset / AudioDataset arguments.
+    """
+
+    def __init__(self, *args: Any, chords_vocabulary: ChordVocabulary | str | None = "builtin",
+                 use_chords: bool = True, use_melody: bool = True, use_drums: bool = True,
+                 melody_frame_rate: float = 86.0, frame_rate: float = 50.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if isinstance(chords_vocabulary, str):
+            chords_vocabulary = (ChordVocabulary.builtin() if chords_vocabulary == "builtin"
+                                 else ChordVocabulary.from_file(chords_vocabulary))
+        self.chords_vocabulary = chords_vocabulary
+        self.use_chords = use_chords and chords_vocabulary is not None
+        self.use_melody = use_melody
+        self.use_drums = use_drums
+        self.melody_frame_rate = melody_frame_rate
+        self.frame_rate = frame_rate
+        # Segments start on a latent frame boundary, so audio, latents, chords and melody align exactly.
+        self.seek_step = 1.0 / frame_rate
+
+    def n_latent_frames(self, info: MusicInfo) -> int:
+        """T for a segment: `segment_duration * frame_rate`, or the whole file's length."""
+        seconds = self.segment_duration if self.segment_duration is not None else info.total_frames / info.sample_rate
+        return int(round(seconds * self.frame_rate))
+
+    def _chords(self, meta: AudioMeta, seek_time: float, n_frames: int) -> torch.Tensor | None:
+        path = find_side_file(meta, "chords_path", CHORDS_SUFFIXES)
+        if path is None:
+            return None
+        progression = read_chord_file(path)
+        return frame_chords(progression, self.chords_vocabulary, n_frames, self.frame_rate, offset_s=seek_time)
+
+    def _melody(self, meta: AudioMeta, seek_time: float, n_frames: int) -> torch.Tensor | None:
+        path = find_side_file(meta, "salience_path", SALIENCE_SUFFIXES)
+        if path is None:
+            return None
+        salience, rate = read_salience(path, default_frame_rate=self.melody_frame_rate)
+        return salience_segment(salience, rate, seek_time, n_frames, target_rate=self.frame_rate)
+
+    def _drums(self, meta: AudioMeta, info: MusicInfo) -> WavCondition | None:
+        path = find_side_file(meta, "drums_path", DRUMS_SUFFIXES)
+        if path is None:
+            return None
+        duration = -1.0 if self.segment_duration is None else self.segment_duration
+        wav, sr = audio_read(path, info.seek_time, duration)
+        # Same rate, channels and length as the mix, so drum frame i is mix frame i.
+        wav = convert_audio(wav, sr, info.sample_rate, info.channels)[..., :info.total_frames]
+        wav = torch.nn.functional.pad(wav, (0, info.total_frames - wav.shape[-1]))
+        return WavCondition(wav=wav, sample_rate=info.sample_rate, path=str(path), seek_time=info.seek_time)
+
+    def jasco_info(self, index: int, info: MusicInfo) -> JascoInfo:
+        """Attach the conditions of the segment described by `info`."""
+        meta = info.meta
+        n_frames = self.n_latent_frames(info)
+        base = {f.name: getattr(info, f.name) for f in fields(MusicInfo)}
+        out = JascoInfo(**base)
+        if self.use_chords:
+            out.frame_chords = self._chords(meta, info.seek_time, n_frames)
+        if self.use_melody:
+            out.melody = self._melody(meta, info.seek_time, n_frames)
+        if self.use_drums:
+            out.drums = self._drums(meta, info)
+        latents_path = meta.get_path("latents_path")
+        if latents_path is not None:
+            out.latents = read_latent_segment(latents_path, info.seek_time, n_frames, self.frame_rate)
+        return out
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, JascoInfo]:
+        wav, info = self.get_segment(index)
+        return wav, self.jasco_info(index, self.music_info(index, info))
+
+    def collater(self, samples: list[tuple[torch.Tensor, JascoInfo]]) -> tuple[torch.Tensor, list[JascoInfo]]:
+        """Stack to `(wav [B, C, N], list[JascoInfo])`."""
+        wav, infos = super().collater(samples)
+        return wav, infos

@@ -1,0 +1,136 @@
+"""Tests for jasco.data.jasco_dataset: side files, alignment, null conditions, latents, collation."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers_audio import write_wav
+from jasco.data.attributes import ConditioningAttributes
+from jasco.data.audio_dataset import build_manifest, load_manifest, save_manifest
+from jasco.data.chords import ChordVocabulary, frame_chords
+from jasco.data.jasco_dataset import JascoDataset, JascoInfo, SideFileError
+from jasco.data.salience import N_BINS, write_salience
+
+SR = 16000
+
+
+def _song(root: Path, name: str = "song", duration: float = 3.0) -> torch.Tensor:
+    """A mix whose samples encode their index, and a drum stem = -0.5 * mix."""
+    mix = (torch.arange(int(duration * SR), dtype=torch.float32) / (duration * SR))[None]
+    write_wav(root / f"{name}.wav", mix, SR)
+    write_wav(root / f"{name}.drums.wav", -0.5 * mix, SR)
+    return mix
+
+
+def _dataset(root: Path, **kwargs) -> JascoDataset:
+    metas = build_manifest(root, workers=1, progress=False)
+    base = dict(segment_duration=1.0, sample_rate=SR, num_samples=6, chords_vocabulary="builtin")
+    base.update(kwargs)
+    return JascoDataset(metas, **base)
+
+
+def test_all_conditions_are_aligned(tmp_path: Path) -> None:
+    mix = _song(tmp_path)
+    progression = [[0.0, "C"], [1.0, "G:min"], [2.2, "A7"]]
+    (tmp_path / "song.chords.json").write_text(json.dumps(progression))
+    sal = torch.zeros(N_BINS, 3 * 86)
+    sal[10, :86] = 1.0  # bin 10 during the first second, bin 20 after
+    sal[20, 86:] = 1.0
+    write_salience(tmp_path / "song.salience.npz", sal, 86.0)
+    ds = _dataset(tmp_path)
+    vocab = ChordVocabulary.builtin()
+    for i in range(len(ds)):
+        wav, info = ds[i]
+        assert isinstance(info, JascoInfo) and wav.shape == (1, SR)
+        start = int(round(info.seek_time * SR))
+        assert start % (SR // 50) == 0  # segments start on a latent frame boundary
+        n = info.n_frames
+        assert torch.allclose(wav[0, :n], mix[0, start:start + n])
+        # The drum stem is the same segment of its own file, same length and rate as the mix.
+        drums = info.drums
+        assert drums.sample_rate == SR and drums.seek_time == info.seek_time
+        assert drums.path.endswith("song.drums.wav") and drums.wav.shape == wav.shape
+        assert torch.allclose(drums.wav, -0.5 * wav, atol=1e-7)
+        expected = frame_chords(progression, vocab, 50, 50.0, offset_s=info.seek_time)
+        assert torch.equal(info.frame_chords, expected)
+        assert info.melody.shape == (N_BINS, 50)
+        times = info.seek_time + torch.arange(50) / 50
+        voiced = times < 3.0 - 1 / 86
+        first = (times < 0.98) & voiced
+        later = (times > 1.02) & voiced
+        assert torch.all(info.melody[10, first] == 1) and torch.all(info.melody[20, later] == 1)
+        assert torch.all(info.melody[:, ~voiced] == 0)
+
+
+def test_missing_side_files_give_null_conditions(tmp_path: Path) -> None:
+    write_wav(tmp_path / "plain.wav", torch.zeros(1, 2 * SR), SR)
+    (tmp_path / "plain.json").write_text(json.dumps({"description": "calm piano"}))
+    wav, info = _dataset(tmp_path)[0]
+    assert info.frame_chords is None and info.melody is None and info.drums is None and info.latents is None
+    attrs = info.to_condition_attributes()
+    assert isinstance(attrs, ConditioningAttributes)
+    assert attrs.text == {"description": "calm piano"}
+    assert attrs.wav["self_wav"].is_null and attrs.wav["self_wav"].sample_rate == SR
+    assert attrs.symbolic == {"chords": None, "melody": None}
+
+
+def test_disabled_conditions_and_attributes(tmp_path: Path) -> None:
+    _song(tmp_path)
+    (tmp_path / "song.chords.json").write_text(json.dumps([[0.0, "C"]]))
+    _, info = _dataset(tmp_path, chords_vocabulary=None, use_drums=False)[0]
+    assert info.frame_chords is None and info.drums is None
+    _, info = _dataset(tmp_path)[0]
+    attrs = info.to_condition_attributes()
+    assert attrs.wav["self_wav"] is info.drums and torch.equal(attrs.symbolic["chords"], info.frame_chords)
+
+
+def test_latents_slice_follows_seek(tmp_path: Path) -> None:
+    _song(tmp_path, duration=2.0)
+    latents = np.tile(np.arange(100, dtype=np.float16)[:, None], (1, 128))  # row i holds i
+    np.save(tmp_path / "song.latents.npy", latents)
+    metas = build_manifest(tmp_path, workers=1, progress=False)
+    metas[0].extra["latents_path"] = str(tmp_path / "song.latents.npy")
+    manifest = save_manifest(tmp_path / "data.jsonl", metas, relative=True)
+    assert json.loads(manifest.read_text())["latents_path"] == "song.latents.npy"
+    ds = JascoDataset(load_manifest(manifest), segment_duration=1.0, sample_rate=SR, num_samples=8)
+    for i in range(len(ds)):
+        _, info = ds[i]
+        first = int(round(info.seek_time * 50))
+        assert info.latents.shape == (50, 128) and info.latents.dtype == torch.float32
+        real = min(50, 100 - first)
+        assert info.latents[:real, 0].tolist() == list(range(first, first + real))
+        assert info.latents[real:].abs().sum() == 0
+
+
+def test_explicit_side_paths_and_errors(tmp_path: Path) -> None:
+    _song(tmp_path)
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "chords.json").write_text(json.dumps([[0.0, "D"]]))
+    metas = build_manifest(tmp_path, workers=1, progress=False)
+    metas[0].extra["chords_path"] = str(other / "chords.json")
+    ds = JascoDataset(metas, segment_duration=1.0, sample_rate=SR, num_samples=2)
+    assert set(ds[0][1].frame_chords.tolist()) == {ChordVocabulary.builtin().index("D")}
+    metas[0].extra["salience_path"] = str(other / "missing.npz")
+    with pytest.raises(SideFileError, match="salience_path.*missing.npz"):
+        JascoDataset(metas, segment_duration=1.0, sample_rate=SR, num_samples=2)[0]
+    del metas[0].extra["salience_path"]
+    np.save(other / "bad_latents.npy", np.zeros((10, 64), dtype=np.float32))
+    metas[0].extra["latents_path"] = str(other / "bad_latents.npy")
+    with pytest.raises(SideFileError, match=r"bad_latents\.npy.*128"):
+        JascoDataset(metas, segment_duration=1.0, sample_rate=SR, num_samples=2)[0]
+
+
+def test_collater_and_drums_resampled(tmp_path: Path) -> None:
+    write_wav(tmp_path / "s.wav", torch.rand(2, 2 * SR) - 0.5, SR)
+    write_wav(tmp_path / "s.drums.flac", torch.rand(1, 2 * 8000) * 0.1, 8000, subtype="PCM_16")
+    ds = _dataset(tmp_path, num_samples=3, channels=1)
+    batch, infos = ds.collater([ds[i] for i in range(3)])
+    assert batch.shape == (3, 1, SR) and len(infos) == 3
+    for info in infos:
+        assert info.drums.wav.shape == (1, SR) and info.drums.sample_rate == SR
+        assert info.drums.path.endswith("s.drums.flac")
