@@ -1,0 +1,461 @@
+"""The frozen EnCodec 32 kHz codec: audio <-> normalised latents, and codebook-0 drum codes.
+
+The codec is `transformers.EncodecModel`, held as `self.model` so that published checkpoints load
+with their `...compression_model.model.*` keys; the wrapper adds no parameters or buffers.
+
+Shapes: `B` batch, `C` audio channels (1), `N` samples, `T` latent frames (`ceil(N / hop)`, 50 per
+second at 32 kHz), `D` latent dim (128), `K` codebooks.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers import EncodecConfig, EncodecModel
+
+_HUB_HELP = (
+    "On a machine with internet run `huggingface-cli download {repo} --local-dir DIR`, copy DIR "
+    "here and pass its path instead of the repo id (a folder with config.json and the weights)."
+)
+
+
+def encodec_32khz_config(**overrides) -> EncodecConfig:
+    """The published `facebook/encodec_32khz` config (JASCO_SPEC §1), with optional overrides."""
+    fields = dict(
+        sampling_rate=32000, audio_channels=1, hidden_size=128, num_filters=64,
+        num_residual_layers=1, upsampling_ratios=[8, 5, 4, 4], norm_type="weight_norm",
+        kernel_size=7, last_kernel_size=7, residual_kernel_size=3, dilation_growth_rate=2,
+        use_causal_conv=False, pad_mode="reflect", compress=2, num_lstm_layers=2,
+        trim_right_ratio=1.0, codebook_size=2048, codebook_dim=128, use_conv_shortcut=False,
+        normalize=False, target_bandwidths=[2.2],
+    )
+    fields.update(overrides)
+    return EncodecConfig(**fields)
+
+
+def bandwidth_for_codebooks(num_codebooks: int, sampling_rate: int, hop_length: int,
+                            codebook_size: int) -> float:
+    """Target bandwidth (kbps) for which transformers' EncodecConfig gives `num_codebooks`."""
+    frame_rate = math.ceil(sampling_rate / hop_length)  # as EncodecConfig.frame_rate
+    bits = frame_rate * math.ceil(math.log2(codebook_size))
+    bandwidth = num_codebooks * bits / 1000
+    # EncodecConfig floors 1000 * bw / bits: nudge up past float round-off so the floor is exact.
+    while int(1000 * bandwidth // bits) < num_codebooks:
+        bandwidth = math.nextafter(bandwidth, math.inf)
+    return bandwidth
+
+
+def convert_weight_norm_keys(
+    state_dict: dict[str, torch.Tensor],
+    style: Literal["parametrizations", "legacy"] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Rename weight-norm keys between `weight_g/weight_v` (legacy) and `parametrizations.weight.original0/1`.
+
+    Args:
+        state_dict: any state_dict; keys without weight-norm parameters are kept unchanged.
+        style: target naming; None picks the one the installed torch/transformers produce.
+    """
+    if style is None:
+        has_new = hasattr(nn.utils, "parametrizations") and hasattr(nn.utils.parametrizations, "weight_norm")
+        style = "parametrizations" if has_new else "legacy"
+    if style == "parametrizations":
+        renames = {".weight_g": ".parametrizations.weight.original0",
+                   ".weight_v": ".parametrizations.weight.original1"}
+    elif style == "legacy":
+        renames = {".parametrizations.weight.original0": ".weight_g",
+                   ".parametrizations.weight.original1": ".weight_v"}
+    else:
+        raise ValueError(f"style must be 'parametrizations', 'legacy' or None, got {style!r}.")
+    out = {}
+    for key, value in state_dict.items():
+        for old, new in renames.items():
+            if key.endswith(old):
+                key = key[: -len(old)] + new
+                break
+        out[key] = value
+    return out
+
+
+def _conv_weight_shape(sd: dict[str, torch.Tensor], prefix: str) -> torch.Size | None:
+    """Shape of the (direction) weight of the conv under `prefix`, whatever the weight-norm naming."""
+    for suffix in ("parametrizations.weight.original1", "weight_v", "weight"):
+        if prefix + suffix in sd:
+            return sd[prefix + suffix].shape
+    return None
+
+
+def config_from_state_dict(state_dict: dict[str, torch.Tensor], **overrides) -> EncodecConfig:
+    """Derive the EncodecConfig of an `EncodecModel` state_dict from its weights' shapes.
+
+    Fields that weights cannot tell (sample rate, padding mode, causality, ...) default to the
+    32 kHz config; `overrides` sets them. Overriding a weight-derived field with a different value
+    is an error.
+    """
+    sd = state_dict
+    first = _conv_weight_shape(sd, "encoder.layers.0.conv.")
+    if first is None:
+        raise ValueError(
+            "state_dict is not an EncodecModel state_dict: no 'encoder.layers.0.conv' weight. "
+            "If its keys carry a prefix (e.g. '...compression_model.model.'), strip it first."
+        )
+    enc_convs = _indices(sd, r"encoder\.layers\.(\d+)\.conv\.")
+    enc_blocks = _indices(sd, r"encoder\.layers\.(\d+)\.block\.")
+    lstm_layers = _indices(sd, r"encoder\.layers\.\d+\.lstm\.weight_ih_l(\d+)$")
+    quantizers = _indices(sd, r"quantizer\.layers\.(\d+)\.codebook\.embed$")
+    if len(enc_convs) < 3 or not lstm_layers or not quantizers:
+        raise ValueError(
+            "state_dict is missing EncodecModel parts (downsampling convs, encoder LSTM or "
+            f"quantizer codebooks); found conv layers {enc_convs}, LSTM layers {sorted(lstm_layers)}, "
+            f"codebooks {sorted(quantizers)}."
+        )
+    last = _conv_weight_shape(sd, f"encoder.layers.{enc_convs[-1]}.conv.")
+    # Encoder downsampling convs have kernel 2 * stride and run the ratios in reverse order.
+    strides = [_conv_weight_shape(sd, f"encoder.layers.{i}.conv.")[2] // 2 for i in enc_convs[1:-1]]
+    num_res = len([i for i in enc_blocks if i < enc_convs[1]])
+    fields: dict = {}
+    if num_res:
+        res_conv = _conv_weight_shape(sd, f"encoder.layers.{min(enc_blocks)}.block.1.conv.")
+        fields.update(residual_kernel_size=res_conv[2], compress=res_conv[1] // res_conv[0])
+    embed = sd["quantizer.layers.0.codebook.embed"]
+    fields.update(
+        audio_channels=first[1], num_filters=first[0], kernel_size=first[2],
+        hidden_size=last[0], last_kernel_size=last[2], upsampling_ratios=strides[::-1],
+        num_residual_layers=num_res, num_lstm_layers=len(lstm_layers),
+        use_conv_shortcut=any(".shortcut." in k for k in sd),
+        norm_type="time_group_norm" if "encoder.layers.0.norm.weight" in sd else "weight_norm",
+        codebook_size=embed.shape[0], codebook_dim=embed.shape[1],
+    )
+    for name, value in overrides.items():
+        if name in fields and fields[name] != value:
+            raise ValueError(f"override {name}={value!r} contradicts the weights, "
+                             f"which give {fields[name]!r}.")
+    num_q = max(quantizers) + 1
+    if "target_bandwidths" not in overrides:
+        fields["target_bandwidths"] = [bandwidth_for_codebooks(
+            num_q, overrides.get("sampling_rate", 32000), math.prod(fields["upsampling_ratios"]),
+            fields["codebook_size"])]
+    config = encodec_32khz_config(**{**overrides, **fields})
+    if config.num_quantizers != num_q:
+        raise ValueError(f"target_bandwidths={config.target_bandwidths} gives {config.num_quantizers} "
+                         f"codebooks but the weights hold {num_q}.")
+    return config
+
+
+def _indices(sd: dict[str, torch.Tensor], pattern: str) -> list[int]:
+    """Sorted distinct integers captured by `pattern` (one group) over the keys of `sd`."""
+    return sorted({int(m.group(1)) for key in sd if (m := re.match(pattern, key))})
+
+
+class EncodecCompressionModel(nn.Module):
+    """Frozen EnCodec wrapper: wav <-> normalised latents, and residual-quantizer codes.
+
+    Args:
+        model: the transformers codec (kept as `self.model`, the checkpoint key prefix).
+        latent_mean: mean removed from the raw encoder latents.
+        latent_std: std the raw latents are divided by.
+        frozen: freeze the codec (no gradients, eval mode); JASCO always does.
+    """
+
+    def __init__(self, model: EncodecModel, latent_mean: float = -0.0074, latent_std: float = 4.0102,
+                 frozen: bool = True) -> None:
+        super().__init__()
+        if latent_std <= 0:
+            raise ValueError(f"latent_std must be > 0, got {latent_std}.")
+        self.model = model
+        # Plain floats, not buffers: the checkpoint must hold exactly EncodecModel's keys.
+        self.latent_mean = float(latent_mean)
+        self.latent_std = float(latent_std)
+        self.frozen = False
+        if frozen:
+            self.freeze()
+
+    # ---- constructors ----------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str, cache_dir: str | None = None,
+                        **kwargs) -> EncodecCompressionModel:
+        """Load from a local folder (config.json + weights) or a Hugging Face repo id.
+
+        Args:
+            name_or_dir: a folder written by `save_pretrained`, or a repo id such as
+                `facebook/encodec_32khz`.
+            cache_dir: hub cache folder; defaults to `$JASCO_CACHE_DIR` when set.
+            **kwargs: forwarded to the constructor (`latent_mean`, `latent_std`, `frozen`).
+        """
+        path = Path(name_or_dir).expanduser()
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise FileNotFoundError(
+                    f"{path} has no config.json: a codec folder needs the config.json and weights "
+                    "written by EncodecModel.save_pretrained (or downloaded from the hub)."
+                )
+            try:
+                model, info = EncodecModel.from_pretrained(str(path), output_loading_info=True)
+            except OSError as err:
+                raise FileNotFoundError(f"could not load the codec weights from {path}: {err}") from err
+            _check_loading_info(info, str(path))
+            return cls(model, **kwargs)
+        if path.exists() or name_or_dir.startswith((".", "/", "~")) or name_or_dir.count("/") > 1:
+            raise FileNotFoundError(
+                f"codec folder {name_or_dir} does not exist (give a folder with config.json + weights, "
+                "or a Hugging Face repo id such as facebook/encodec_32khz)."
+            )
+        cache_dir = cache_dir if cache_dir is not None else os.environ.get("JASCO_CACHE_DIR")
+        try:
+            model, info = EncodecModel.from_pretrained(name_or_dir, cache_dir=cache_dir,
+                                                       output_loading_info=True)
+        except OSError as err:
+            raise RuntimeError(
+                f"could not download the codec {name_or_dir!r} from the Hugging Face hub and it is "
+                f"not in the cache ({cache_dir or 'default HF cache'}): {err}\n"
+                + _HUB_HELP.format(repo=name_or_dir)
+            ) from err
+        _check_loading_info(info, name_or_dir)
+        return cls(model, **kwargs)
+
+    @classmethod
+    def from_state_dict(cls, state_dict: dict[str, torch.Tensor], prefix: str = "",
+                        config: EncodecConfig | None = None, **kwargs) -> EncodecCompressionModel:
+        """Build the codec from weights alone, e.g. those embedded in a JASCO checkpoint.
+
+        Args:
+            state_dict: EncodecModel weights (either weight-norm naming); keys outside `prefix` are ignored.
+            prefix: key prefix to select and strip, e.g.
+                `condition_provider.conditioners.self_wav.compression_model.model.`.
+            config: the codec config; derived from the weights' shapes when None.
+            **kwargs: forwarded to the constructor.
+        """
+        sd = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if not sd:
+            raise ValueError(f"no key of the state_dict starts with prefix {prefix!r}.")
+        sd = convert_weight_norm_keys(sd)
+        config = config if config is not None else config_from_state_dict(sd)
+        model = EncodecModel(config)
+        model.load_state_dict(_drop_conv_geometry(model, sd, prefix), strict=True)
+        return cls(model, **kwargs)
+
+    @classmethod
+    def debug(cls, seed: int = 0, num_filters: int = 4, num_codebooks: int = 1, codebook_size: int = 2048,
+              num_lstm_layers: int = 1, **kwargs) -> EncodecCompressionModel:
+        """A tiny random codec with the 32 kHz / 50 fps / 128-d layout, deterministic per `seed`."""
+        hop = 8 * 5 * 4 * 4
+        config = encodec_32khz_config(
+            num_filters=num_filters, num_lstm_layers=num_lstm_layers, codebook_size=codebook_size,
+            target_bandwidths=[bandwidth_for_codebooks(num_codebooks, 32000, hop, codebook_size)],
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = EncodecModel(config)
+        _init_debug_codebooks(model, seed)
+        return cls(model, **kwargs)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write the codec (config.json + weights) so that `from_pretrained(directory)` reloads it."""
+        self.model.save_pretrained(str(directory))
+
+    # ---- properties -------------------------------------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        """Audio sample rate in Hz."""
+        return int(self.model.config.sampling_rate)
+
+    @property
+    def hop_length(self) -> int:
+        """Audio samples per latent frame."""
+        return int(math.prod(self.model.config.upsampling_ratios))
+
+    @property
+    def frame_rate(self) -> float:
+        """Latent frames per second."""
+        return self.sample_rate / self.hop_length
+
+    @property
+    def latent_dim(self) -> int:
+        """Latent width D."""
+        return int(self.model.config.hidden_size)
+
+    @property
+    def num_codebooks(self) -> int:
+        """Number of residual-quantizer codebooks."""
+        return len(self.model.quantizer.layers)
+
+    @property
+    def cardinality(self) -> int:
+        """Codes per codebook."""
+        return int(self.model.config.codebook_size)
+
+    @property
+    def channels(self) -> int:
+        """Audio channels."""
+        return int(self.model.config.audio_channels)
+
+    def freeze(self) -> EncodecCompressionModel:
+        """Disable gradients and switch to eval mode, for good."""
+        for param in self.model.parameters():
+            param.requires_grad_(False)
+        self.frozen = True
+        return self.train(False)
+
+    def train(self, mode: bool = True) -> EncodecCompressionModel:
+        """Set train mode; a frozen codec stays in eval mode whatever its parent asks."""
+        return super().train(mode and not getattr(self, "frozen", False))
+
+    # ---- latents ------------------------------------------------------------------------------
+    def normalize(self, latents: torch.Tensor) -> torch.Tensor:
+        """Raw latents -> normalised latents `(x - mean) / std`."""
+        return (latents - self.latent_mean) / self.latent_std
+
+    def denormalize(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents -> raw latents `x * std + mean`."""
+        return latents * self.latent_std + self.latent_mean
+
+    @torch.no_grad()
+    def encode_latents(self, wav: torch.Tensor) -> torch.Tensor:
+        """Raw encoder latents before quantisation: wav `[B, C, N]` -> `[B, T, D]`, `T = ceil(N / hop)`.
+
+        transformers' encoder pads every strided conv at the end (`ceil` framing), so it already
+        yields `ceil(N / hop)` frames without padding here.
+        """
+        self._check_wav(wav)
+        param = next(self.model.parameters())
+        latents = self.model.encoder(wav.to(device=param.device, dtype=param.dtype))  # [B, D, T]
+        return latents.transpose(1, 2)  # [B, T, D]
+
+    @torch.no_grad()
+    def encode(self, wav: torch.Tensor) -> torch.Tensor:
+        """Normalised latents the flow model trains on: wav `[B, C, N]` -> `[B, T, D]`."""
+        return self.normalize(self.encode_latents(wav))
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Raw (un-normalised) latents `[B, T, D]` -> wav `[B, C, T * hop]`."""
+        self._check_latents(latents, "latents")
+        param = next(self.model.parameters())
+        return self.model.decoder(latents.transpose(1, 2).to(device=param.device, dtype=param.dtype))
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents `[B, T, D]` -> wav `[B, C, T * hop]`."""
+        self._check_latents(latents, "latents")
+        return self.decode_latents(self.denormalize(latents))
+
+    # ---- codes --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def codes_from_latents(self, latents: torch.Tensor, num_codebooks: int = 1) -> torch.Tensor:
+        """Residual-quantise raw latents `[B, T, D]` with the first K codebooks -> codes `[B, K, T]`."""
+        self._check_latents(latents, "latents")
+        if not 1 <= num_codebooks <= self.num_codebooks:
+            raise ValueError(f"num_codebooks must be in 1..{self.num_codebooks}, got {num_codebooks}.")
+        residual = latents.transpose(1, 2).to(self.model.quantizer.layers[0].codebook.embed)  # [B, D, T]
+        codes = []
+        for layer in self.model.quantizer.layers[:num_codebooks]:
+            indices = layer.encode(residual)  # [B, T]
+            residual = residual - layer.decode(indices)
+            codes.append(indices)
+        return torch.stack(codes, dim=1)  # [B, K, T]
+
+    @torch.no_grad()
+    def encode_codes(self, wav: torch.Tensor, num_codebooks: int = 1) -> torch.Tensor:
+        """wav `[B, C, N]` -> codes `[B, K, T]` (K=1: the codebook-0 drum codes)."""
+        return self.codes_from_latents(self.encode_latents(wav), num_codebooks)
+
+    @torch.no_grad()
+    def dequantize_codebook0(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codebook-0 lookup: codes `[B, T]` -> raw latents `[B, T, D]` (`embed[codes]`)."""
+        if codes.dim() != 2:
+            raise ValueError(f"codes must be [B, T], got shape {tuple(codes.shape)}.")
+        self._check_codes(codes)
+        embed = self.model.quantizer.layers[0].codebook.embed  # [cardinality, D]
+        return embed[codes.to(device=embed.device, dtype=torch.long)]
+
+    @torch.no_grad()
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes `[B, K, T]` -> wav `[B, C, T * hop]` (sum of the K codewords, then the decoder)."""
+        if codes.dim() != 3 or not 1 <= codes.shape[1] <= self.num_codebooks:
+            raise ValueError(f"codes must be [B, K, T] with 1 <= K <= {self.num_codebooks}, "
+                             f"got shape {tuple(codes.shape)}.")
+        self._check_codes(codes)
+        device = self.model.quantizer.layers[0].codebook.embed.device
+        codes = codes.transpose(0, 1).to(device=device, dtype=torch.long)  # [K, B, T], the RVQ layout
+        latents = self.model.quantizer.decode(codes)  # [B, D, T]
+        return self.decode_latents(latents.transpose(1, 2))
+
+    # ---- checks -------------------------------------------------------------------------------
+    def _check_wav(self, wav: torch.Tensor) -> None:
+        if wav.dim() != 3 or wav.shape[1] != self.channels:
+            raise ValueError(f"wav must be [B, {self.channels}, N] at {self.sample_rate} Hz, "
+                             f"got shape {tuple(wav.shape)}; add the batch/channel axes or downmix.")
+        if wav.shape[-1] == 0:
+            raise ValueError("wav is empty (N = 0 samples).")
+
+    def _check_latents(self, latents: torch.Tensor, name: str) -> None:
+        if latents.dim() != 3 or latents.shape[-1] != self.latent_dim:
+            raise ValueError(f"{name} must be [B, T, {self.latent_dim}], got shape {tuple(latents.shape)}.")
+
+    def _check_codes(self, codes: torch.Tensor) -> None:
+        if codes.is_floating_point() or codes.is_complex():
+            raise ValueError(f"codes must be an integer tensor, got {codes.dtype}.")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.cardinality):
+            raise ValueError(f"codes must lie in [0, {self.cardinality}), got range "
+                             f"[{int(codes.min())}, {int(codes.max())}].")
+
+
+@torch.no_grad()
+def _init_debug_codebooks(model: EncodecModel, seed: int, num_frames: int = 64) -> None:
+    """Give a random codec codewords near its own latents, so that codes vary with the input.
+
+    transformers initialises codebooks to zeros (every code 0), and plain random codewords sit far
+    from the latents of a random encoder (again a single code). Codebook 0 gets the latents of
+    seeded noise at random loudness plus jittered copies; later codebooks cover the residuals.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    hop = int(math.prod(model.config.upsampling_ratios))
+    amp = torch.logspace(-2, 0, num_frames)[torch.randperm(num_frames, generator=gen)]
+    noise = torch.randn(1, model.config.audio_channels, num_frames * hop, generator=gen)
+    noise = noise * amp.repeat_interleave(hop)  # per-frame loudness
+    latents = model.encoder(noise)[0].t()  # [F, D]
+    mean, std = latents.mean(0), latents.std(0)
+    for i, layer in enumerate(model.quantizer.layers):
+        codebook = layer.codebook
+        jitter = torch.randn(codebook.embed.shape, generator=gen) * 0.1 * std
+        embed = mean + jitter if i == 0 else jitter
+        if i == 0:
+            count = min(num_frames, embed.shape[0])
+            embed[:count] = latents[:count]
+        codebook.embed.copy_(embed)
+        codebook.embed_avg.copy_(embed)
+        codebook.cluster_size.fill_(1.0)
+
+
+def _drop_conv_geometry(model: EncodecModel, sd: dict[str, torch.Tensor],
+                        prefix: str) -> dict[str, torch.Tensor]:
+    """Remove conv geometry buffers (stride, kernel_size, padding_total) after checking them.
+
+    Some transformers versions saved them; recent ones rebuild them from the config, so a strict
+    load would reject them. They are dropped only when they agree with the model.
+    """
+    expected = model.state_dict()
+    out = dict(sd)
+    for key in sd:
+        owner, _, name = key.rpartition(".")
+        if key in expected or name not in ("stride", "kernel_size", "padding_total"):
+            continue
+        value = getattr(model.get_submodule(owner), name)
+        if not torch.equal(sd[key].to(torch.int64), value.to(torch.int64)):
+            raise ValueError(f"state_dict entry {prefix}{key}={sd[key].tolist()} contradicts the codec "
+                             f"config, which gives {value.tolist()}.")
+        del out[key]
+    return out
+
+
+def _check_loading_info(info: dict, source: str) -> None:
+    """Raise when a pretrained codec left weights unloaded or carried unknown ones."""
+    missing, unexpected = info.get("missing_keys") or [], info.get("unexpected_keys") or []
+    if missing or unexpected:
+        raise RuntimeError(f"codec weights in {source} do not match its config: missing "
+                           f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]} "
+                           "(is it an EncodecModel checkpoint?).")
