@@ -1,0 +1,80 @@
+"""Where things live: Dora experiment folders, team/cluster settings, reference and cache folders.
+
+Environment variables:
+    JASCO_DORA_DIR: experiment root (default: the team config's `dora_dir`, else `<repo>/outputs`).
+    JASCO_TEAM: which `config/teams/<team>.yaml` to read (default: `default`).
+    JASCO_CLUSTER: which section of the team file (default: `default`).
+    JASCO_REFERENCE_DIR: what `//reference/...` paths point to.
+    JASCO_CACHE_DIR: downloads (hub models, weights); defaults to the Hugging Face cache.
+"""
+from __future__ import annotations
+
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO_ROOT / "config"
+
+
+@lru_cache(maxsize=None)
+def team_config() -> dict[str, Any]:
+    """The selected cluster section of `config/teams/$JASCO_TEAM.yaml`."""
+    team = os.environ.get("JASCO_TEAM", "default")
+    path = CONFIG_DIR / "teams" / f"{team}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in (CONFIG_DIR / "teams").glob("*.yaml"))
+        raise FileNotFoundError(f"JASCO_TEAM={team!r}: {path} does not exist (known teams: {known})")
+    cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    cluster = os.environ.get("JASCO_CLUSTER", "default")
+    if cluster not in cfg:
+        raise KeyError(f"{path} has no section for cluster {cluster!r} (JASCO_CLUSTER); sections: {sorted(cfg)}")
+    return dict(cfg[cluster])
+
+
+def _resolve(path: str | Path) -> Path:
+    path = Path(os.path.expandvars(str(path))).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def dora_dir() -> Path:
+    """Root of the experiment folders (`<dora_dir>/xps/<SIG>`)."""
+    if os.environ.get("JASCO_DORA_DIR"):
+        return _resolve(os.environ["JASCO_DORA_DIR"])
+    return _resolve(team_config().get("dora_dir") or "outputs")
+
+
+def reference_dir() -> Path:
+    """What `//reference/...` config paths resolve to."""
+    if os.environ.get("JASCO_REFERENCE_DIR"):
+        return _resolve(os.environ["JASCO_REFERENCE_DIR"])
+    return _resolve(team_config().get("reference_dir") or "reference")
+
+
+def cache_dir() -> str | None:
+    """Download cache (None: the Hugging Face default)."""
+    return os.environ.get("JASCO_CACHE_DIR") or None
+
+
+def slurm_partitions() -> dict[str, str | None]:
+    """SLURM partitions of the team (`global`, `team`)."""
+    return dict(team_config().get("partitions") or {})
+
+
+def resolve_reference_path(path: str | Path) -> Path:
+    """`//reference/x` → `<reference_dir>/x`; other paths are returned as absolute paths."""
+    text = str(path)
+    if text.startswith("//reference/"):
+        return reference_dir() / text[len("//reference/"):]
+    return _resolve(text)
+
+
+def apply_dataset_mappers(path: str) -> str:
+    """Rewrite a dataset path with the team's `dataset_mappers` (regex → replacement)."""
+    for pattern, replacement in (team_config().get("dataset_mappers") or {}).items():
+        path = re.sub(pattern, replacement, path)
+    return path
