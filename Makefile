@@ -25,7 +25,11 @@ test-fast: install
 	$(PY) -m pytest -q -x -m "not slow" tests
 
 example: install
-	$(PY) scripts/make_example_dataset.py --out egs/example
+	$(PY) scripts/make_example_dataset.py --out egs/example --if-missing
+
+# The main job: a tiny JASCO trained end to end on the generated example dataset (CPU, minutes).
+train: example
+	$(VENV)/bin/dora run solver=jasco/debug $(ARGS)
 
 clean:
 	rm -rf outputs .pytest_cache

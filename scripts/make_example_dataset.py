@@ -313,9 +313,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("egs/example"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-clips", type=int, default=10)
+    parser.add_argument("--if-missing", action="store_true",
+                        help="do nothing when a complete dataset with these settings is already there")
     args = parser.parse_args()
-    out = make_example_dataset(args.out, seed=args.seed, num_clips=args.num_clips)
-    print(f"Wrote {args.num_clips} clips to {out}")
+    build = ensure_example_dataset if args.if_missing else make_example_dataset
+    out = build(args.out, seed=args.seed, num_clips=args.num_clips)
+    print(f"Example dataset ({args.num_clips} clips) in {out}")
 
 
 if __name__ == "__main__":
