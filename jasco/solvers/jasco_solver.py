@@ -84,7 +84,7 @@ class JascoSolver(StandardSolver):
             raise ValueError(f"dataset.batch_size={cfg.dataset.batch_size} (global) must be divisible by "
                              f"the world size {world}")
         self.batch_size = cfg.dataset.batch_size // world
-        vocabulary = chord_vocabulary(cfg.get("chords_vocabulary", "builtin"))
+        vocabulary = self.vocabulary = chord_vocabulary(cfg.get("chords_vocabulary", "builtin"))
         conditioners = self.model.condition_provider.conditioners
         if "chords" in conditioners and vocabulary is not None and len(vocabulary) != conditioners["chords"].card:
             raise ValueError(f"chords_vocabulary has {len(vocabulary)} labels but the model's chords card is "
@@ -243,7 +243,9 @@ class JascoSolver(StandardSolver):
             audio = self.compression_model.decode(latents.float())
             if flashy.distrib.is_rank_zero():
                 write_samples(out_dir, audio, self.compression_model.sample_rate, infos, written,
-                              self.cfg.generate.audio, self._tensorboard, self.epoch)
+                              self.cfg.generate.audio, self._tensorboard, self.epoch,
+                              frame_rate=self.compression_model.frame_rate,
+                              chord_labels=None if self.vocabulary is None else self.vocabulary.labels)
             written += len(infos)
             if written >= wanted:
                 break

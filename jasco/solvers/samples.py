@@ -57,12 +57,16 @@ def write_samples(out_dir: Path, audio: torch.Tensor, sample_rate: int, infos: l
                            loudness_headroom_db=audio_cfg.loudness_headroom_db, log_clipping=False)
         record = conditions_record(info, frame_rate, chord_labels)
         (out_dir / f"{name}.json").write_text(json.dumps(record, indent=2))
-        figure = plot_controls(wav, sample_rate, chords=record["chords"], melody=info.melody,
-                               drums=None if info.drums is None else info.drums.wav,
-                               title=info.description or name, path=out_dir / f"{name}.png")
+        chords = None if record["chords"] is None else [(start, str(label)) for start, label in record["chords"]]
+        picture = plot_controls(out_dir / f"{name}.png", wav, sample_rate, chords=chords, melody=info.melody,
+                                drums=None if info.drums is None else info.drums.wav,
+                                drums_sample_rate=None if info.drums is None else info.drums.sample_rate,
+                                frame_rate=frame_rate, title=info.description or name)
         if tensorboard is not None and getattr(tensorboard, "writer", None) is not None:
+            import matplotlib.image
             tensorboard.writer.add_audio(f"generate/{name}", wav.mean(0, keepdim=True).clamp(-0.99, 0.99),
                                          epoch, sample_rate)
-            tensorboard.writer.add_figure(f"generate/{name}", figure, epoch)
+            image = matplotlib.image.imread(picture)[..., :3]  # [H, W, 3] floats
+            tensorboard.writer.add_image(f"generate/{name}", image, epoch, dataformats="HWC")
         paths.append(path)
     return paths
