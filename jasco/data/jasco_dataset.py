@@ -2,7 +2,9 @@
 
 Side files of `song.wav` (or given per manifest line as `chords_path`, `salience_path`,
 `drums_path`, `latents_path`): `song.chords.json`, `song.salience.npz|.npy`,
-`song.drums.wav|.flac`. A missing side file gives a null condition (None). See docs/DATA_FORMATS.md.
+`song.drums.wav|.flac`. A missing side file gives a null condition (None). A `drum_codes_path`
+(written by `python -m jasco.prepare`) gives the drums as cached codec codes instead of audio.
+See docs/DATA_FORMATS.md.
 
 Shapes: `B` batch, `C` channels, `N` samples, `T` latent frames (`frame_rate` per second),
 `K` melody bins (53), `F` latent dim (128).
@@ -88,10 +90,34 @@ def read_latent_segment(path: str | Path, seek_time: float, n_frames: int, frame
         raise SideFileError(f"Latents file {path} has shape {array.shape}; expected [frames, {LATENT_DIM}] "
                             f"at {frame_rate:g} frames/s.")
     start = int(round(seek_time * frame_rate))
-    chunk = np.asarray(array[start:start + n_frames], dtype=np.float32)  # reads only this slice
+    chunk = np.array(array[start:start + n_frames], dtype=np.float32)  # reads only this slice (a copy)
     out = torch.zeros(n_frames, LATENT_DIM)
     out[:chunk.shape[0]] = torch.from_numpy(chunk)
     return out
+
+
+def read_code_segment(path: str | Path, seek_time: float, n_frames: int, frame_rate: float = 50.0) -> torch.Tensor:
+    """Drum codes `[T]` int64 starting at `seek_time` from an int16 `.npy` `[T_total]`.
+
+    Past the end of the file the last code is repeated (the drums conditioner pads short cached
+    codes the same way); a segment starting past the end raises SideFileError.
+    """
+    path = Path(path)
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:
+        raise SideFileError(f"Cannot read drum codes file {path}: {exc}") from exc
+    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+        raise SideFileError(f"Drum codes file {path} has shape {array.shape} and dtype {array.dtype}; expected "
+                            f"integer [frames] at {frame_rate:g} frames/s (rebuild it with `python -m jasco.prepare`).")
+    start = int(round(seek_time * frame_rate))
+    chunk = torch.from_numpy(np.asarray(array[start:start + n_frames], dtype=np.int64))  # reads only this slice
+    if chunk.numel() == 0:
+        raise SideFileError(f"Drum codes file {path} has {array.shape[0]} frames; a segment at {seek_time:.2f} s "
+                            "starts past its end (was it made from another audio file?).")
+    if chunk.numel() < n_frames:
+        chunk = torch.cat([chunk, chunk[-1:].expand(n_frames - chunk.numel())])
+    return chunk
 
 
 class JascoDataset(MusicDataset):
@@ -141,6 +167,12 @@ class JascoDataset(MusicDataset):
         return salience_segment(salience, rate, seek_time, n_frames, target_rate=self.frame_rate)
 
     def _drums(self, meta: AudioMeta, info: MusicInfo) -> WavCondition | None:
+        codes_path = meta.get_path("drum_codes_path")
+        if codes_path is not None:
+            # Cached codes replace the stem: no audio read, no codec pass at train time.
+            codes = read_code_segment(codes_path, info.seek_time, self.n_latent_frames(info), self.frame_rate)
+            return WavCondition(wav=None, sample_rate=info.sample_rate, path=str(codes_path),
+                                seek_time=info.seek_time, codes=codes)
         path = find_side_file(meta, "drums_path", DRUMS_SUFFIXES)
         if path is None:
             return None

@@ -1,0 +1,218 @@
+"""Latent cache: every track encoded once by the training codec, stored as RAW latents per track.
+
+Layout (under a dataset folder `OUT`):
+
+    OUT/latents/codec.json                  codec identity (see `codec_identity`)
+    OUT/latents/shard_NNNNN/<id>.npy        float16|float32 `[T_total, F]`, raw encoder output
+
+Encoding is windowed (`encode_windowed`): windows of `window_s` seconds overlap by `overlap_s`;
+each output frame comes from the window where it sits at least `overlap_s / 2` from the window's
+edges, so results match whole-track encoding away from the track's own edges (the encoder's
+convolutions see the same context; its LSTM state is warmed up by `overlap_s / 2` seconds).
+
+Shapes: `C` channels, `N` samples, `T` latent frames (50 per second), `F` latent dim (128).
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from jasco.models.codec import EncodecCompressionModel
+
+CODEC_FILE = "codec.json"
+NUM_SHARD_FOLDERS = 256
+
+
+class LatentCacheError(ValueError):
+    """The latent cache is missing, corrupt, or was made with another codec."""
+
+
+def shard_folder(track_id: str) -> str:
+    """Stable shard folder of a track (`shard_NNNNN`), independent of track order and rank count."""
+    digest = int(hashlib.sha1(track_id.encode("utf-8")).hexdigest()[:8], 16)
+    return f"shard_{digest % NUM_SHARD_FOLDERS:05d}"
+
+
+def latent_path(root: str | Path, track_id: str) -> Path:
+    """Where the latents of `track_id` live under `root` (the `latents/` folder)."""
+    return Path(root) / shard_folder(track_id) / f"{track_id}.npy"
+
+
+def state_dict_sha256(module: torch.nn.Module) -> str:
+    """sha256 over the state_dict's names, dtypes, shapes and bytes, in key order."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        buffer = io.BytesIO()
+        np.save(buffer, t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy(), allow_pickle=False)
+        digest.update(buffer.getvalue())
+    return digest.hexdigest()
+
+
+def _architecture(config: Any) -> dict[str, Any]:
+    """The codec config's own constructor fields (no library version, paths or output flags)."""
+    from transformers import PretrainedConfig
+
+    generic = set(inspect.signature(PretrainedConfig.__init__).parameters) | set(PretrainedConfig().to_dict())
+    names = set(inspect.signature(type(config).__init__).parameters) - generic - {"self", "kwargs"}
+    data = {k: v for k, v in config.to_dict().items() if k in names}
+    return json.loads(json.dumps(data, sort_keys=True))  # tuples -> lists, as stored in codec.json
+
+
+def codec_identity(codec: EncodecCompressionModel) -> dict[str, Any]:
+    """Config, weight hash and latent normalisation of a codec: what makes two caches compatible."""
+    return {
+        "config": _architecture(codec.model.config),
+        "state_dict_sha256": state_dict_sha256(codec.model),
+        "latent_mean": codec.latent_mean,
+        "latent_std": codec.latent_std,
+        "sample_rate": codec.sample_rate,
+        "frame_rate": codec.frame_rate,
+        "latent_dim": codec.latent_dim,
+        "stored": "raw",
+    }
+
+
+def _to_codec_input(wav: torch.Tensor, sample_rate: int, codec: EncodecCompressionModel) -> torch.Tensor:
+    """`[C, N]` at `sample_rate` -> `[1, C', N']` at the codec's rate and channel count (as the datasets convert)."""
+    from jasco.data.audio import convert_audio
+
+    if wav.dim() != 2:
+        raise ValueError(f"audio must be [C, N], got shape {tuple(wav.shape)}.")
+    return convert_audio(wav.float(), sample_rate, codec.sample_rate, codec.channels)[None]
+
+
+@torch.no_grad()
+def encode_windowed(codec: EncodecCompressionModel, wav: torch.Tensor, window_s: float = 20.0,
+                    overlap_s: float = 4.0) -> torch.Tensor:
+    """Raw latents `[T, F]` of codec-rate audio `[1, C, N]`, `T = ceil(N / hop)`, encoded window by window.
+
+    Args:
+        codec: the training codec.
+        wav: audio at the codec's sample rate and channel count.
+        window_s: window length; a track no longer than it is encoded in one call.
+        overlap_s: overlap of consecutive windows (each side keeps half of it as context).
+    """
+    hop = codec.hop_length
+    n = wav.shape[-1]
+    total = math.ceil(n / hop)
+    window = max(1, int(round(window_s * codec.frame_rate)))  # in frames
+    half = int(round(overlap_s * codec.frame_rate / 2))
+    if total <= window:
+        return codec.encode_latents(wav)[0].float().cpu()
+    if window <= 2 * half:
+        raise ValueError(f"window_s={window_s} must exceed overlap_s={overlap_s}.")
+    out = torch.empty(total, codec.latent_dim)
+    keep_start = 0  # first frame not yet written
+    while keep_start < total:
+        start = max(0, keep_start - half)  # window start, in frames; frames are hop-aligned
+        stop = min(total, start + window)
+        latents = codec.encode_latents(wav[..., start * hop: stop * hop])[0].float().cpu()  # [stop-start, F]
+        keep_stop = stop if stop == total else stop - half
+        out[keep_start:keep_stop] = latents[keep_start - start: keep_stop - start]
+        keep_start = keep_stop
+    return out
+
+
+def encode_track(codec: EncodecCompressionModel, wav: torch.Tensor, sample_rate: int,
+                 window_s: float = 20.0, overlap_s: float = 4.0) -> torch.Tensor:
+    """Raw latents `[T, F]` of a whole track `[C, N]` at `sample_rate` (converted like the datasets do)."""
+    return encode_windowed(codec, _to_codec_input(wav, sample_rate, codec), window_s, overlap_s)
+
+
+def write_latents(path: str | Path, latents: torch.Tensor, dtype: str = "float16") -> Path:
+    """Write raw latents `[T, F]` as a memory-mappable `.npy` (atomically: temp file, then rename)."""
+    if dtype not in ("float16", "float32"):
+        raise ValueError(f"dtype must be float16 or float32, got {dtype!r}.")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    with open(tmp, "wb") as f:
+        np.save(f, latents.detach().cpu().numpy().astype(dtype), allow_pickle=False)
+    tmp.replace(path)
+    return path
+
+
+def is_valid_latents(path: str | Path, n_frames: int | None = None, latent_dim: int = 128) -> bool:
+    """True when `path` is a readable `[T, latent_dim]` array (with `T == n_frames` when given)."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception:
+        return False
+    if array.ndim != 2 or array.shape[1] != latent_dim:
+        return False
+    return n_frames is None or array.shape[0] == n_frames
+
+
+def write_codec_identity(root: str | Path, codec: EncodecCompressionModel) -> dict[str, Any]:
+    """Write `root/codec.json`; refuses to overwrite the identity of another codec."""
+    root = Path(root)
+    identity = codec_identity(codec)
+    existing = root / CODEC_FILE
+    if existing.exists():
+        check_identity(_read_identity(existing), identity, existing)
+        return identity
+    root.mkdir(parents=True, exist_ok=True)
+    existing.write_text(json.dumps(identity, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return identity
+
+
+def _read_identity(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise LatentCacheError(f"Cannot read the codec identity {path}: {exc}") from exc
+
+
+def check_identity(stored: dict[str, Any], current: dict[str, Any], where: str | Path) -> None:
+    """Raise LatentCacheError when two codec identities differ (weights, config or normalisation)."""
+    for key in ("state_dict_sha256", "config", "latent_mean", "latent_std"):
+        if stored.get(key) != current.get(key):
+            raise LatentCacheError(
+                f"The latent cache {where} was made with another codec ({key} differs: cache "
+                f"{str(stored.get(key))[:80]!r} vs current {str(current.get(key))[:80]!r}). Rebuild it with "
+                "`python -m jasco.prepare ... --steps latents --codec <the training codec>` into a new "
+                "folder, or train with the codec the cache was made with.")
+
+
+def find_codec_file(manifest_or_dir: str | Path) -> Path:
+    """The `codec.json` of a dataset: under `latents/` next to (or above) the manifest, or given directly."""
+    path = Path(manifest_or_dir)
+    if path.name == CODEC_FILE:
+        return path
+    start = path if path.is_dir() else path.parent
+    for folder in (start, start / "latents", start.parent / "latents", start.parent.parent / "latents"):
+        if (folder / CODEC_FILE).is_file():
+            return folder / CODEC_FILE
+    # Fall back to the folder of the first latents file named by the manifest.
+    from jasco.data.audio_dataset import load_manifest
+
+    for meta in load_manifest(path):
+        latents = meta.get_path("latents_path")
+        if latents is not None:
+            for folder in Path(latents).parents:
+                if (folder / CODEC_FILE).is_file():
+                    return folder / CODEC_FILE
+    raise LatentCacheError(f"No {CODEC_FILE} found for {path}: a latent cache must carry its codec identity "
+                           "(written by `python -m jasco.prepare`).")
+
+
+def verify_latent_cache(manifest_or_dir: str | Path, codec: EncodecCompressionModel) -> dict[str, Any]:
+    """Check that the latent cache of a dataset was made with `codec`; returns the stored identity.
+
+    Raises:
+        LatentCacheError: no identity file, or one made with another codec.
+    """
+    where = find_codec_file(manifest_or_dir)
+    stored = _read_identity(where)
+    check_identity(stored, codec_identity(codec), where)
+    return stored
