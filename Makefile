@@ -33,3 +33,14 @@ train: example
 
 clean:
 	rm -rf outputs .pytest_cache
+
+# Chordino for chord extraction (optional extra jasco[chords]; see docs/CHORDS.md). vamp's setup
+# imports numpy, so it is built without isolation against the venv's numpy; chord-extractor's
+# Chordino wrapper still imports pkg_resources, gone from setuptools >= 81.
+.PHONY: install-chords
+install-chords: install
+	$(PY) -m pip install -q numpy
+	$(PY) -m pip install -q "setuptools>=61,<81" wheel
+	$(PY) -m pip install -q --no-build-isolation "vamp>=1.1"
+	$(PY) -m pip install -q --no-build-isolation "chord-extractor>=0.1.3"
+	$(PY) -c "from jasco.data.chord_recognition import chordino_available as ok; assert ok(), 'Chordino plugin not found'; print('Chordino OK')"
