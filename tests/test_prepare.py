@@ -1,0 +1,94 @@
+"""End to end: `python -m jasco.prepare` on a tiny copy of egs/example, bad inputs, rerun and retry."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from helpers_prepare import copy_clips, load_prepared
+
+from jasco.data.jasco_dataset import JascoDataset
+from jasco.prepare.__main__ import main
+
+MELODY_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "deepsalience" / "multif0.h5"
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _cli(src: Path, out: Path, steps: str) -> int:
+    args = [str(src), str(out), "--steps", steps, "--codec", "debug", "--chords-backend", "templates",
+            "--workers", "1", "--segment-check", "4", "--valid-fraction", "0.1", "--no-progress",
+            "--latent-dtype", "float32"]
+    if MELODY_WEIGHTS.exists():
+        args += ["--melody-weights", str(MELODY_WEIGHTS)]
+    return main(args)
+
+
+def test_prepare_end_to_end_with_bad_inputs(tmp_path):
+    src = copy_clips(tmp_path / "audio")
+    (src / "broken.wav").write_bytes(b"RIFF not really a wav file")
+    sf.write(str(src / "silent.wav"), np.zeros(32000 * 5, dtype=np.float32), 32000)
+    sf.write(str(src / "short.wav"), sf.read(str(src / "clip_00.wav"), frames=64000)[0], 32000)
+    sf.write(str(src / "short.drums.wav"), sf.read(str(src / "clip_00.drums.wav"), frames=64000)[0], 32000)
+    (src / "short.chords.json").write_text('[[0.0, "C"], [1.0, "Cmaj9#11"]]')  # unknown label -> UNK
+    np.savez(src / "short.salience.npz", salience=np.zeros((40, 100), np.float32), frame_rate=50.0)
+    steps = "manifest,chords,melody,drums,latents" if MELODY_WEIGHTS.exists() else "manifest,chords,drums,latents"
+    out = tmp_path / "out"
+
+    assert _cli(src, out, steps) == 1  # failures exist, the run still completes
+    failures = {(f["track"].rsplit("/", 1)[-1], f["step"]): f["reason"] for f in _rows(out / "failures.jsonl")}
+    assert "Audio" in failures[("broken.wav", "manifest")]
+    assert "silent audio" in failures[("silent.wav", "manifest")]
+    warnings = _rows(out / "warnings.jsonl")
+    assert any(w["track"] == "short" and "shorter" in w["message"] for w in warnings)
+    assert any(w["track"] == "short" and "Cmaj9#11" in w["message"] and "UNK" in w["message"] for w in warnings)
+    if MELODY_WEIGHTS.exists():
+        assert "(40, 100)" in failures[("short", "melody")]
+    manifests = {s: load_prepared(out / s) for s in ("train", "valid")}
+    names = sorted(Path(m.path).stem for ms in manifests.values() for m in ms)
+    assert names == (["clip_00", "clip_01", "clip_02"] + ([] if MELODY_WEIGHTS.exists() else ["short"]))
+    assert manifests["valid"], "the valid split must not be empty"
+    summary = json.loads((out / "prepare.json").read_text())
+    assert summary["codec"]["state_dict_sha256"] and summary["settings"]["codec"] == "debug"
+    assert manifests["train"], "the train split must not be empty"
+    line = json.loads((out / "train" / "data.jsonl").read_text().splitlines()[0])
+    assert line["latents_path"].startswith("../latents/shard_") and line["drum_codes_path"].startswith("../drum_codes/")
+
+    # The dataset reads every prepared field of a manifest line.
+    dataset = JascoDataset(manifests["train"], segment_duration=2.0, shuffle=True, num_samples=2,
+                           return_info=True, train=False)
+    _, info = dataset[0]
+    assert info.latents.shape == (100, 128) and info.drums.codes.shape == (100,)
+    assert info.frame_chords.shape == (100,)
+
+    # Rerun: everything already done is skipped; fixing the bad salience file retries that track.
+    np.savez(src / "short.salience.npz", salience=np.zeros((53, 100), np.float32), frame_rate=50.0)
+    assert _cli(src, out, steps) == 1  # broken and silent stay listed
+    summary = json.loads((out / "prepare.json").read_text())
+    assert summary["skipped"]["latents"] == 4 and summary["done"]["latents"] == 0
+    assert summary["skipped"]["manifest"] == 4
+    if MELODY_WEIGHTS.exists():
+        assert summary["done"]["melody"] == 1
+    names = sorted(Path(m.path).stem for s in ("train", "valid") for m in load_prepared(out / s))
+    assert names == ["clip_00", "clip_01", "clip_02", "short"]
+    assert {f["step"] for f in _rows(out / "failures.jsonl")} == {"manifest"}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jasco.data.chord_recognition") is None,
+                    reason="chord recognition (jasco.data.chord_recognition) not available yet")
+def test_prepare_recognises_chords_without_chord_file(tmp_path):
+    src = copy_clips(tmp_path / "audio", names=("clip_00",), sides=(".wav",), seconds=4.0)
+    assert _cli(src, tmp_path / "out", "manifest,chords") == 0
+    chords = json.loads((tmp_path / "out" / "chords" / "clip_00.chords.json").read_text())
+    assert chords and all(isinstance(c[1], str) for c in chords)
+
+
+def test_usage_errors(tmp_path, capsys):
+    assert main([str(tmp_path), str(tmp_path / "o"), "--steps", "chords,bogus"]) == 2
+    assert "bogus" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing"), str(tmp_path / "o")]) == 2
