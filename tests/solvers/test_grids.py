@@ -13,7 +13,7 @@ from helpers_training import REPO_ROOT
 
 @pytest.mark.parametrize("grid,count", [("debug", 4), ("chords_drums", 3)])
 def test_grid_dry_run(tmp_path, grid, count):
-    env = {**os.environ, "JASCO_DORA_DIR": str(tmp_path), "DORA_PACKAGE": "jasco"}
+    env = {**os.environ, "JASCO_DORA_DIR": str(tmp_path), "DORA_PACKAGE": "jasco", "JASCO_DSET": "audio/example"}
     result = subprocess.run([sys.executable, "-m", "dora", "grid", grid, "--dry_run", "--init"],
                             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
