@@ -6,7 +6,6 @@ from pathlib import Path
 
 import soundfile as sf
 
-from jasco.data.audio_dataset import PATH_FIELDS, load_manifest
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "egs" / "example" / "audio"
 SIDE_SUFFIXES = (".wav", ".json", ".chords.json", ".salience.npz", ".drums.wav")
@@ -38,14 +37,3 @@ def settings(**overrides) -> dict:
             "num_shards": 1, "valid_fraction": 0.0, "progress": False}
     base.update(overrides)
     return base
-
-
-def load_prepared(manifest_dir: Path):
-    """load_manifest, resolving `drum_codes_path` too while audio_dataset.PATH_FIELDS lacks it."""
-    metas = load_manifest(manifest_dir)
-    if "drum_codes_path" not in PATH_FIELDS:
-        for meta in metas:
-            value = meta.extra.get("drum_codes_path")
-            if value is not None and not Path(value).is_absolute():
-                meta.extra["drum_codes_path"] = str((Path(manifest_dir) / value).resolve())
-    return metas

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers_prepare import copy_clips, load_prepared
+from helpers_prepare import copy_clips
+from jasco.data.audio_dataset import load_manifest
 
 from jasco.data.jasco_dataset import JascoDataset
 from jasco.prepare.__main__ import main
@@ -49,7 +50,7 @@ def test_prepare_end_to_end_with_bad_inputs(tmp_path):
     assert any(w["track"] == "short" and "Cmaj9#11" in w["message"] and "UNK" in w["message"] for w in warnings)
     if MELODY_WEIGHTS.exists():
         assert "(40, 100)" in failures[("short", "melody")]
-    manifests = {s: load_prepared(out / s) for s in ("train", "valid")}
+    manifests = {s: load_manifest(out / s) for s in ("train", "valid")}
     names = sorted(Path(m.path).stem for ms in manifests.values() for m in ms)
     assert names == (["clip_00", "clip_01", "clip_02"] + ([] if MELODY_WEIGHTS.exists() else ["short"]))
     assert manifests["valid"], "the valid split must not be empty"
@@ -74,7 +75,7 @@ def test_prepare_end_to_end_with_bad_inputs(tmp_path):
     assert summary["skipped"]["manifest"] == 4
     if MELODY_WEIGHTS.exists():
         assert summary["done"]["melody"] == 1
-    names = sorted(Path(m.path).stem for s in ("train", "valid") for m in load_prepared(out / s))
+    names = sorted(Path(m.path).stem for s in ("train", "valid") for m in load_manifest(out / s))
     assert names == ["clip_00", "clip_01", "clip_02", "short"]
     assert {f["step"] for f in _rows(out / "failures.jsonl")} == {"manifest"}
 

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 MANIFEST_NAMES = ("data.jsonl", "data.jsonl.gz")
 REQUIRED_FIELDS = ("path", "duration", "sample_rate")
 # Optional manifest fields holding file paths: resolved like `path` when stored relative.
-PATH_FIELDS = ("path", "info_path", "chords_path", "salience_path", "drums_path", "latents_path")
+PATH_FIELDS = ("path", "info_path", "chords_path", "salience_path", "drums_path", "drum_codes_path", "latents_path")
 # Side files written next to the audio by our pipelines; never training examples themselves.
 SIDE_STEM_MARKERS = (".drums",)
 

@@ -441,3 +441,12 @@ def frame_chords(
     last = torch.searchsorted(starts, times, right=True) - 1  # [T], -1 before the first change
     no_chord = torch.full_like(last, vocabulary.no_chord_index)
     return torch.where(last >= 0, indices[last.clamp(min=0)], no_chord)
+
+
+def __getattr__(name: str):
+    # `jasco.data.chords.recognize_chords` is the documented entry point; the recogniser lives in
+    # its own module (it imports this one), so it is resolved lazily here.
+    if name == "recognize_chords":
+        from jasco.data.chord_recognition import recognize_chords
+        return recognize_chords
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
-import os
 import sys
 import time
 import warnings
@@ -167,11 +166,8 @@ def write_manifests(tracks: list[Track], out_dir: Path, steps: list[str], settin
             if track.id not in failed:
                 logger.info("%s: outputs incomplete (another shard's track?); left out of the manifests", track.id)
             continue
-        extra = {}
-        manifest_dir = out_dir / track.split
-        for name, value in fields.items():
-            # save_manifest makes its known path fields relative; drum codes are made relative here.
-            extra[name] = os.path.relpath(value, manifest_dir) if name == "drum_codes_path" else str(Path(value).resolve())
+        # save_manifest(relative=True) makes every path field relative to the manifest's folder.
+        extra = {name: str(Path(value).resolve()) for name, value in fields.items()}
         info = track.sides.get("info_path")
         by_split[track.split].append(AudioMeta(path=track.path, duration=track.duration, sample_rate=track.sample_rate,
                                                amplitude=track.amplitude, info_path=info, extra=extra))

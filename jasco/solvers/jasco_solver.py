@@ -23,6 +23,7 @@ from jasco.solvers.continuation import initial_state_from
 from jasco.solvers.ema import ModuleDictEMA
 from jasco.solvers.samples import write_samples
 from jasco.solvers.schedulers import build_lr_scheduler
+from jasco.utils.latent_cache import verify_latent_cache
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +106,9 @@ class JascoSolver(StandardSolver):
                 use_melody="melody" in conditioners, use_drums="self_wav" in conditioners,
                 melody_frame_rate=cfg.dataset.melody_kwargs.melody_fr, frame_rate=cfg.compression_model_framerate,
                 train=split == "train", **kwargs)
+            if any(meta.get_path("latents_path") for meta in dataset.metas):
+                # A cache made with another codec would silently train on wrong targets.
+                verify_latent_cache(flashy_path(path), self.compression_model)
             self.dataloaders[split] = flashy.distrib.loader(
                 dataset, batch_size=self.batch_size, shuffle=False, num_workers=cfg.dataset.num_workers,
                 collate_fn=dataset.collater, drop_last=split == "train")

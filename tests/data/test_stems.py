@@ -5,7 +5,8 @@ import importlib.util
 
 import pytest
 import torch
-from helpers_prepare import copy_clips, load_prepared, settings
+from helpers_prepare import copy_clips, settings
+from jasco.data.audio_dataset import load_manifest
 
 from jasco.data.jasco_dataset import JascoDataset
 from jasco.data.stems import find_drum_stem, separate_chunked, separate_drums
@@ -68,11 +69,11 @@ def test_cached_drum_codes_equal_conditioner_codes(tmp_path):
     for window, overlap, shuffle in ((4.0, 0.0, False), (20.0, 4.0, True)):
         out = tmp_path / f"out_{window}"
         prepare(audio, out, settings(steps=["manifest", "drums"], latent_window=window, latent_overlap=overlap))
-        metas = load_prepared(out / "train")
+        metas = load_manifest(out / "train")
         assert metas[0].get_path("drums_path").endswith("clip_00.drums.wav")  # a pointer to the existing stem
         kwargs = dict(segment_duration=4.0, shuffle=shuffle, num_samples=3, return_info=True, train=False)
         cached = JascoDataset(metas, **kwargs)
-        metas_audio = [m for m in load_prepared(out / "train")]
+        metas_audio = [m for m in load_manifest(out / "train")]
         for m in metas_audio:
             del m.extra["drum_codes_path"]
         live = JascoDataset(metas_audio, **kwargs)

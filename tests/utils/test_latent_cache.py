@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers_prepare import copy_clips, load_prepared, settings
+from helpers_prepare import copy_clips, settings
+from jasco.data.audio_dataset import load_manifest
 from hydra import compose, initialize_config_dir
 
 from jasco.data.audio import audio_read
@@ -64,7 +65,7 @@ def test_codec_identity_written_and_checked(prepared):
 
 def test_latents_stored_raw_and_sharded(prepared):
     whole, _ = prepared
-    metas = load_prepared(whole / "train")
+    metas = load_manifest(whole / "train")
     assert len(metas) == 2
     for meta in metas:
         track = meta.path.rsplit("/", 1)[-1][:-4]
@@ -88,7 +89,7 @@ def _debug_model():
 
 def _losses(manifest_dir, shuffle: bool) -> tuple[float, float]:
     """Loss of one batch with z1 from the codec and from the cache, same seed for noise and times."""
-    dataset = JascoDataset(load_prepared(manifest_dir), segment_duration=SEGMENT, shuffle=shuffle, num_samples=4,
+    dataset = JascoDataset(load_manifest(manifest_dir), segment_duration=SEGMENT, shuffle=shuffle, num_samples=4,
                            return_info=True, sample_rate=32000, channels=1, train=False)
     wav, infos = dataset.collater([dataset[i] for i in range(2)])
     assert all(info.latents is not None for info in infos)
