@@ -1,0 +1,342 @@
+"""`JASCO`: text-to-music generation with chords, drums and melody controls, for people.
+
+    model = JASCO.get_pretrained("facebook/jasco-chords-drums-400M", chords_mapping_path="chord_to_index_mapping.pkl")
+    model.set_generation_params(cfg_coef_all=1.25, cfg_coef_txt=2.5, euler=True, euler_steps=10)
+    wav = model.generate_music(["80s pop"], chords=[("C", 0.0), ("G", 2.0)], seed=0)  # [1, 1, N]
+
+Generations longer than the model's training segment (10 s for the published models) are made of
+overlapping windows, each conditioned on its slice of the controls, cross-faded linearly in
+latent space; all windows share one noise draw over the whole duration. See docs/INFERENCE.md for
+the limits of this scheme.
+
+Shapes: `B` batch, `C` audio channels, `N` samples, `T` latent frames (50 per second), `K` melody
+bins (53), `F` latent dim (128), `W` frames of one window.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from jasco.data.attributes import ConditioningAttributes, WavCondition
+from jasco.data.audio import convert_audio
+from jasco.data.chords import ChordVocabulary, frame_chords, normalize_progression
+from jasco.models.codec import EncodecCompressionModel
+from jasco.models.flow_matching import FlowMatchingModel
+from jasco.models.loaders import load_chord_vocabulary, load_jasco
+
+MELODY_BINS = 53
+# Control name as users know it -> conditioner name in the model.
+CONTROLS = {"chords": "chords", "drums": "self_wav", "melody": "melody"}
+
+Progression = Sequence[tuple[Any, Any]]
+
+
+class _TqdmCallback:
+    """Progress callback `(step, total)` drawing one tqdm bar (dopri5 reports time in 1/1000)."""
+
+    def __init__(self, total: int, unit: str) -> None:
+        self.bar = tqdm(total=total, desc="generating", unit=unit)
+
+    def __call__(self, step: int, total: int) -> None:
+        self.bar.total = total
+        self.bar.n = min(step, total)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def window_starts(total: int, window: int, overlap: int) -> list[int]:
+    """Evenly spaced start frames of the fewest `window`-frame windows covering `total` frames with
+    consecutive windows sharing at least `overlap` frames."""
+    if total <= window:
+        return [0]
+    if not 0 <= overlap < window:
+        raise ValueError(f"overlap must be in [0, {window}) frames, got {overlap}.")
+    gaps = math.ceil((total - window) / (window - overlap))
+    return [round(j * (total - window) / gaps) for j in range(gaps + 1)]
+
+
+def crossfade_weights(starts: list[int], window: int) -> torch.Tensor:
+    """Per-window weights `[k, W]`: a linear fade-in over the overlap with the previous window and a
+    fade-out over the overlap with the next, so two overlapping windows' weights sum to 1."""
+    weights = torch.ones(len(starts), window)
+    frames = torch.arange(window, dtype=torch.float32)
+    for i, start in enumerate(starts):
+        if i > 0:
+            fade = starts[i - 1] + window - start
+            weights[i] = torch.minimum(weights[i], (frames + 1) / (fade + 1))
+        if i + 1 < len(starts):
+            fade = start + window - starts[i + 1]
+            weights[i] = torch.minimum(weights[i], (window - frames) / (fade + 1))
+    return weights
+
+
+class JASCO:
+    """A loaded JASCO model with its codec and chord vocabulary, ready to generate music.
+
+    Args:
+        name: where it was loaded from (for messages).
+        model: the flow model (eval mode).
+        compression_model: the codec decoding its latents.
+        chords_vocabulary: label -> index map of the chords control (None for models without it).
+        segment_duration: training segment length in seconds (default: the model's config, else 10).
+    """
+
+    def __init__(self, name: str, model: FlowMatchingModel, compression_model: EncodecCompressionModel,
+                 chords_vocabulary: ChordVocabulary | None = None, segment_duration: float | None = None):
+        self.name = name
+        self.model = model.eval()
+        self.compression_model = compression_model.eval()
+        cfg = getattr(model, "cfg", None) or {}
+        self.segment_duration = float(segment_duration or (cfg.get("dataset") or {}).get("segment_duration") or 10.0)
+        conditioners = model.condition_provider.conditioners
+        self.controls = [c for c, name in CONTROLS.items() if name in conditioners]
+        if "chords" in self.controls:
+            vocab = chords_vocabulary if chords_vocabulary is not None else load_chord_vocabulary(cfg)
+            if vocab.card != conditioners["chords"].card:
+                raise ValueError(f"the chord vocabulary has {vocab.card} labels but model {name} was trained with "
+                                 f"{conditioners['chords'].card}: pass the mapping it was trained with.")
+            self.chords_vocabulary: ChordVocabulary | None = vocab
+        else:
+            self.chords_vocabulary = None
+        self.set_generation_params()
+
+    # ------------------------------------------------------------------ construction
+    @staticmethod
+    def get_pretrained(name_or_dir: str | os.PathLike, device: str | torch.device | None = None,
+                       chords_mapping_path: str | os.PathLike | None = None,
+                       cache_dir: str | os.PathLike | None = None) -> JASCO:
+        """Load a hub repo id or an exported folder (device default: cuda when available, else cpu)."""
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        loaded = load_jasco(name_or_dir, device=device, cache_dir=cache_dir)
+        vocab = None
+        if "chords" in loaded.model.condition_provider.conditioners:
+            vocab = load_chord_vocabulary(loaded.cfg, chords_mapping_path)
+        return JASCO(str(name_or_dir), loaded.model, loaded.compression_model, vocab)
+
+    def set_generation_params(self, cfg_coef_all: float = 5.0, cfg_coef_txt: float = 0.0, euler: bool = False,
+                              euler_steps: int = 100, ode_rtol: float = 1e-5, ode_atol: float = 1e-5,
+                              duration: float = 10.0, overlap: float = 2.0) -> None:
+        """Set sampling parameters (published defaults); `overlap`: seconds shared by consecutive windows."""
+        if euler and euler_steps < 1:
+            raise ValueError(f"euler_steps must be >= 1, got {euler_steps}.")
+        self._check_duration(duration)
+        if overlap < 0:
+            raise ValueError(f"overlap must be >= 0 seconds, got {overlap}.")
+        self.generation_params = {"cfg_coef_all": cfg_coef_all, "cfg_coef_txt": cfg_coef_txt,
+                                  "solver": "euler" if euler else "dopri5", "euler_steps": euler_steps,
+                                  "ode_rtol": ode_rtol, "ode_atol": ode_atol}
+        self.duration = float(duration)
+        self.overlap = float(overlap)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def sample_rate(self) -> int:
+        """Sample rate of the generated audio (32000 for the published models)."""
+        return self.compression_model.sample_rate
+
+    @property
+    def frame_rate(self) -> float:
+        """Latent frames per second."""
+        return self.compression_model.frame_rate
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's parameters."""
+        return next(self.model.parameters()).device
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, descriptions: Sequence[str | None] | str, progress: bool = False, return_latents: bool = False,
+                 duration: float | None = None, seed: int | None = None
+                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Text-only generation: audio `[B, 1, N]` (and normalised latents `[B, T, F]`)."""
+        return self.generate_music(descriptions, progress=progress, return_latents=return_latents,
+                                   duration=duration, seed=seed)
+
+    def generate_music(self, descriptions: Sequence[str | None] | str,
+                       chords: Progression | Sequence[Progression | None] | None = None,
+                       drums_wav: torch.Tensor | None = None, drums_sample_rate: int = 32000,
+                       melody_salience_matrix: torch.Tensor | None = None, progress: bool = False,
+                       return_latents: bool = False, duration: float | None = None, seed: int | None = None
+                       ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Generate music for text descriptions under optional chords, drums and melody controls.
+
+        Args:
+            descriptions: one text (or None) per sample; B = its length.
+            chords: `[(label, start_s), ...]` for every sample, or one such list (or None) per sample.
+                Starts must lie in `[0, duration)`; before the first change the chord is `N`.
+            drums_wav: drum audio `[C, N]` (all samples) or `[B, C, N]` at `drums_sample_rate`;
+                resampled and mixed to mono, zero-padded or cropped to the duration.
+            drums_sample_rate: sample rate of `drums_wav`.
+            melody_salience_matrix: `[K, T]` or `[B, K, T]` at the latent frame rate (K = 53 bins,
+                MIDI 43..95); `[T, K]` is accepted. Zero-padded (unvoiced) or cropped to the duration.
+            progress: show a progress bar.
+            return_latents: also return the normalised latents.
+            duration: seconds to generate (default: `set_generation_params`); longer than the
+                training segment → overlapping windows.
+            seed: seed of the initial noise, for reproducible results.
+
+        Returns:
+            audio `[B, 1, N]` at `sample_rate`, `N = round(duration * sample_rate)`; with
+            `return_latents`, `(audio, latents [B, T, F])`.
+        """
+        descriptions = [descriptions] if isinstance(descriptions, str) else list(descriptions)
+        if not descriptions or not all(d is None or isinstance(d, str) for d in descriptions):
+            raise ValueError("descriptions must be a non-empty list of str (or None for no text).")
+        batch = len(descriptions)
+        duration = self.duration if duration is None else float(duration)
+        self._check_duration(duration)
+        total = math.ceil(duration * self.frame_rate - 1e-6)
+        progressions = self._prepare_chords(chords, batch, duration)
+        drums = self._prepare_drums(drums_wav, drums_sample_rate, batch, total)
+        melody = self._prepare_melody(melody_salience_matrix, batch, total)
+
+        window = min(total, round(self.segment_duration * self.frame_rate))
+        overlap = min(round(self.overlap * self.frame_rate), window // 2)
+        starts = window_starts(total, window, overlap)
+        conditions = [self._window_attributes(descriptions[i], progressions[i], drums, melody, i, start, window)
+                      for i in range(batch) for start in starts]  # sample-major: row i * k + j
+
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        noise = torch.randn(batch, total, self.model.flow_dim, generator=gen)  # one draw for the whole duration
+        windows_noise = torch.stack([noise[i, s:s + window] for i in range(batch) for s in starts])  # [B*k, W, F]
+        callback = None
+        if progress:
+            euler = self.generation_params["solver"] == "euler"
+            callback = _TqdmCallback(self.generation_params["euler_steps"] if euler else 1000,
+                                     "step" if euler else "‰ of t")
+        try:
+            out = self.model.generate(conditions, max_gen_len=window, initial_noise=windows_noise.to(self.device),
+                                      callback=callback, **self.generation_params)  # [B*k, W, F]
+        finally:
+            if callback is not None:
+                callback.close()
+        latents = self._merge_windows(out.reshape(batch, len(starts), window, -1), starts, total)  # [B, T, F]
+        audio = self.compression_model.decode(latents)[..., : round(duration * self.sample_rate)]  # [B, 1, N]
+        return (audio, latents) if return_latents else audio
+
+    # ------------------------------------------------------------------ helpers
+    def _check_duration(self, duration: float) -> None:
+        if not duration > 0 or not math.isfinite(duration):
+            raise ValueError(f"duration must be a positive number of seconds, got {duration}.")
+
+    def _require(self, control: str) -> None:
+        if control not in self.controls:
+            raise ValueError(f"model {self.name} has no {control} control (its controls: "
+                             f"{', '.join(self.controls) or 'text only'}); drop the {control} input or use a "
+                             "model trained with it (e.g. facebook/jasco-chords-drums-melody-400M for melody).")
+
+    def _prepare_chords(self, chords: Any, batch: int, duration: float) -> list[list[tuple[float, str]] | None]:
+        """Validated `(start_s, label)` progressions, one per sample (None = null chords)."""
+        if chords is None:
+            return [None] * batch
+        rows = list(chords)
+        single = not rows or (isinstance(rows[0], (list, tuple)) and len(rows[0]) == 2
+                              and any(isinstance(x, str) for x in rows[0]))
+        per_sample = [rows] * batch if single else rows
+        if len(per_sample) != batch:
+            raise ValueError(f"chords has {len(per_sample)} progressions for {batch} descriptions; give one "
+                             "progression [(label, start_s), ...] for all, or one per description.")
+        out = []
+        for i, progression in enumerate(per_sample):
+            if progression is None:
+                out.append(None)
+                continue
+            self._require("chords")
+            try:
+                rows_i = normalize_progression(progression)
+            except ValueError as err:
+                raise ValueError(f"chords of sample {i}: {err}") from err
+            for start, label in rows_i:
+                if start >= duration:
+                    raise ValueError(f"chords of sample {i}: {label!r} starts at {start} s, outside the "
+                                     f"generated segment [0, {duration}) s; drop it or raise duration.")
+            out.append(rows_i)
+        return out
+
+    def _prepare_drums(self, wav: torch.Tensor | None, sample_rate: int, batch: int, total: int
+                       ) -> torch.Tensor | None:
+        """Drums at the codec rate, mono, `[B, 1, total * hop]`."""
+        if wav is None:
+            return None
+        self._require("drums")
+        if not isinstance(wav, torch.Tensor) or wav.dim() not in (2, 3):
+            shape = tuple(wav.shape) if isinstance(wav, torch.Tensor) else type(wav).__name__
+            raise ValueError(f"drums_wav must be a tensor [C, N] or [B, C, N], got {shape}; add the channel axis "
+                             "with wav[None] for mono audio.")
+        if wav.shape[-2] > 2:
+            raise ValueError(f"drums_wav has {wav.shape[-2]} channels (shape {tuple(wav.shape)}): expected mono or "
+                             "stereo [C, N] / [B, C, N]; if it is [N, C], transpose it.")
+        if wav.dim() == 3 and wav.shape[0] not in (1, batch):
+            raise ValueError(f"drums_wav has batch {wav.shape[0]} but there are {batch} descriptions.")
+        if not isinstance(sample_rate, int) or sample_rate <= 0:
+            raise ValueError(f"drums_sample_rate must be a positive int, got {sample_rate!r}.")
+        wav = wav if wav.dim() == 3 else wav[None]
+        wav = convert_audio(wav.float().cpu(), sample_rate, self.sample_rate, 1)  # [B', 1, N]
+        length = total * self.compression_model.hop_length
+        wav = torch.nn.functional.pad(wav, (0, max(0, length - wav.shape[-1])))[..., :length]
+        return wav.expand(batch, -1, -1)
+
+    def _prepare_melody(self, salience: torch.Tensor | None, batch: int, total: int) -> torch.Tensor | None:
+        """Salience `[B, K, total]`."""
+        if salience is None:
+            return None
+        self._require("melody")
+        if not isinstance(salience, torch.Tensor) or salience.dim() not in (2, 3):
+            shape = tuple(salience.shape) if isinstance(salience, torch.Tensor) else type(salience).__name__
+            raise ValueError(f"melody_salience_matrix must be a tensor [{MELODY_BINS}, T] or [B, {MELODY_BINS}, T], "
+                             f"got {shape}.")
+        if salience.shape[-2] != MELODY_BINS:
+            if salience.shape[-1] != MELODY_BINS:
+                raise ValueError(f"melody_salience_matrix has shape {tuple(salience.shape)}: expected {MELODY_BINS} "
+                                 "pitch bins (MIDI 43..95) on one of its last two axes; extract it with "
+                                 "jasco.data.melody.")
+            salience = salience.transpose(-1, -2)  # [T, K] as in the published demo matrices
+        if salience.dim() == 3 and salience.shape[0] not in (1, batch):
+            raise ValueError(f"melody_salience_matrix has batch {salience.shape[0]} but there are {batch} "
+                             "descriptions.")
+        salience = salience.float().cpu()
+        salience = salience if salience.dim() == 3 else salience[None]
+        salience = torch.nn.functional.pad(salience, (0, max(0, total - salience.shape[-1])))[..., :total]
+        return salience.expand(batch, -1, -1)
+
+    def _window_attributes(self, text: str | None, progression: list[tuple[float, str]] | None,
+                           drums: torch.Tensor | None, melody: torch.Tensor | None, i: int, start: int,
+                           window: int) -> ConditioningAttributes:
+        """Conditions of sample `i` over frames `[start, start + window)`."""
+        chords = None
+        if progression is not None:
+            chords = frame_chords(progression, self.chords_vocabulary, window, self.frame_rate,
+                                  offset_s=start / self.frame_rate)
+        hop = self.compression_model.hop_length
+        drum_wav = None if drums is None else drums[i, :, start * hop:(start + window) * hop]
+        return ConditioningAttributes(
+            text={"description": text},
+            wav={"self_wav": WavCondition(wav=drum_wav, sample_rate=self.sample_rate)},
+            symbolic={"chords": chords,
+                      "melody": None if melody is None else melody[i, :, start:start + window]},
+        )
+
+    @staticmethod
+    def _merge_windows(windows: torch.Tensor, starts: list[int], total: int) -> torch.Tensor:
+        """Cross-fade `[B, k, W, F]` windows into `[B, total, F]`.
+
+        Frames covered by more than two windows (short hops) get the weight-normalised mean.
+        """
+        if len(starts) == 1:
+            return windows[:, 0]
+        b, _, window, dim = windows.shape
+        weights = crossfade_weights(starts, window).to(windows)  # [k, W]
+        out = windows.new_zeros(b, total, dim)
+        norm = windows.new_zeros(total)
+        for j, start in enumerate(starts):
+            out[:, start:start + window] += windows[:, j] * weights[j][None, :, None]
+            norm[start:start + window] += weights[j]
+        return out / norm[None, :, None]

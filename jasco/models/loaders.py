@@ -1,0 +1,330 @@
+"""Load published and exported JASCO checkpoints: the flow model, its codec and chord vocabulary.
+
+A source (`src`) is one of:
+- a Hugging Face repo id (`facebook/jasco-chords-drums-400M`): `state_dict.bin` and
+  `compression_state_dict.bin` are downloaded into `cache_dir`, `$JASCO_CACHE_DIR` or the HF cache;
+- a local directory holding those files (what `jasco-export` writes);
+- a file: an exported `state_dict.bin` (or a training `checkpoint.th`), or a codec file.
+
+Files are read with `torch.load(weights_only=True)` only: nothing arbitrary is unpickled.
+File formats: JASCO_SPEC §6 and docs/INFERENCE.md.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import EncodecConfig
+
+from jasco.data.chords import ChordVocabulary
+from jasco.models.builders import get_compression_model, get_flow_matching_model
+from jasco.models.codec import EncodecCompressionModel, convert_weight_norm_keys
+from jasco.models.flow_matching import FlowMatchingModel
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "state_dict.bin"
+CODEC_FILE = "compression_state_dict.bin"
+# Where a JASCO state_dict embeds the frozen codec (the drums conditioner owns it).
+CODEC_PREFIX = "condition_provider.conditioners.self_wav.compression_model.model."
+# Conv geometry buffers that older transformers kept in the state_dict; now rebuilt from the config.
+_GEOMETRY_BUFFERS = ("stride", "kernel_size", "padding_total")
+_HUB_HELP = (
+    "Without access to the Hugging Face hub, download the files on a machine that has it "
+    "(`huggingface-cli download {repo} --local-dir DIR`, or the files {files} from "
+    "https://huggingface.co/{repo}), copy DIR here and pass the directory instead of the repo id."
+)
+
+
+class ModelLoadError(ValueError):
+    """A checkpoint file is missing, corrupt, truncated or not in the expected format."""
+
+
+@dataclass
+class LoadedJasco:
+    """What `load_jasco` returns: the model, the codec that decodes its latents, and where from.
+
+    Attributes:
+        model: the flow model in eval mode, with `.cfg` (OmegaConf) attached.
+        compression_model: the codec (for drums models the same object as the drums conditioner's).
+        cfg: the checkpoint's own config.
+        source: the file the model weights were read from.
+    """
+
+    model: FlowMatchingModel
+    compression_model: EncodecCompressionModel
+    cfg: DictConfig
+    source: Path
+
+
+# ---------------------------------------------------------------- files
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """`torch.load(path, weights_only=True)` on CPU, with a clear error for a bad or missing file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file {path} does not exist.")
+    try:
+        package = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" not in str(err):
+            raise ModelLoadError(f"cannot read {path}: it is corrupt or truncated, or not a torch.save file. "
+                                  "Download or export it again.") from err
+        raise ModelLoadError(
+            f"{path} holds objects that are not plain tensors/containers, so it is not loaded "
+            f"(weights_only=True). Re-export it with `jasco-export` ({err})") from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise ModelLoadError(
+            f"cannot read {path}: it is corrupt or truncated, or not a torch.save file ({err}). "
+            "Download or export it again.") from err
+    if not isinstance(package, dict):
+        raise ModelLoadError(f"{path} holds a {type(package).__name__}, expected a dict (JASCO_SPEC §6).")
+    return package
+
+
+def _is_local(src: str) -> bool:
+    """True when `src` must be a local path (exists, or cannot be a `namespace/name` repo id)."""
+    return Path(src).expanduser().exists() or src.startswith((".", "/", "~")) or src.count("/") != 1
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hf_hub_download(**kwargs: Any) -> str:
+    """`huggingface_hub.hf_hub_download` (a module attribute so tests can replace it)."""
+    from huggingface_hub import hf_hub_download as download
+
+    return download(**kwargs)
+
+
+def resolve_file(src: str | os.PathLike, filename: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Local path of `filename` for a source: the file itself, `<dir>/<filename>`, or a hub download.
+
+    Raises:
+        FileNotFoundError: a local source lacks the file.
+        RuntimeError: the hub cannot be reached and the file is not cached (says what to do).
+    """
+    text = str(src)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        if not (path / filename).is_file():
+            raise FileNotFoundError(f"{path} has no {filename}: an exported JASCO folder holds "
+                                    f"{MODEL_FILE} and {CODEC_FILE} (written by `jasco-export`).")
+        return path / filename
+    if _is_local(text):
+        raise FileNotFoundError(f"{text} does not exist: give an exported folder, a {MODEL_FILE} file "
+                                "or a Hugging Face repo id such as facebook/jasco-chords-drums-400M.")
+    cache = cache_dir if cache_dir is not None else os.environ.get("JASCO_CACHE_DIR")
+    try:
+        return Path(hf_hub_download(repo_id=text, filename=filename, cache_dir=cache,
+                                    local_files_only=_hub_offline()))
+    except Exception as err:  # hub errors have many types (offline, 404, auth, HTTP)
+        raise RuntimeError(
+            f"could not get {filename} of {text!r} from the Hugging Face hub, and it is not in the cache "
+            f"({cache or 'default HF cache'}): {err}\n"
+            + _HUB_HELP.format(repo=text, files=f"{MODEL_FILE} and {CODEC_FILE}")) from err
+
+
+def _cfg_from_package(package: dict, path: Path) -> DictConfig:
+    raw = package.get("xp.cfg")
+    if raw is None:
+        raise ModelLoadError(f"{path} has no 'xp.cfg': a JASCO checkpoint carries its config (JASCO_SPEC §6).")
+    try:
+        cfg = OmegaConf.create(raw) if isinstance(raw, (str, dict)) else None
+    except Exception as err:
+        raise ModelLoadError(f"'xp.cfg' of {path} is not valid YAML: {err}") from err
+    if not isinstance(cfg, DictConfig):
+        raise ModelLoadError(f"'xp.cfg' of {path} must be a YAML mapping (or dict), got {type(raw).__name__}.")
+    return cfg
+
+
+def _state_from_package(package: dict, path: Path) -> dict[str, torch.Tensor]:
+    """Model weights of an export (`best_state` = state_dict) or a training checkpoint (`{'model': sd}`)."""
+    for key in ("fsdp_best_state", "best_state"):
+        state = package.get(key)
+        if isinstance(state, dict) and isinstance(state.get("model"), dict):
+            state = state["model"]
+        if isinstance(state, dict) and state:
+            if not all(isinstance(v, torch.Tensor) for v in state.values()):
+                raise ModelLoadError(f"'{key}' of {path} is not a state_dict (name -> tensor).")
+            return state
+    raise ModelLoadError(f"{path} has no model weights: expected 'best_state' (an exported state_dict, "
+                          "or a training checkpoint's {'model': state_dict}).")
+
+
+def load_lm_state(src: str | os.PathLike, cache_dir: str | os.PathLike | None = None
+                  ) -> tuple[dict[str, torch.Tensor], DictConfig, Path]:
+    """Weights and config of a model source without building the model: `(state_dict, cfg, file)`.
+
+    A training `checkpoint.th` gives its FSDP best state when non-empty, else its best state.
+    """
+    path = resolve_file(src, MODEL_FILE, cache_dir)
+    package = read_checkpoint(path)
+    return _state_from_package(package, path), _cfg_from_package(package, path), path
+
+
+# ---------------------------------------------------------------- codec
+def _latent_norm(cfg: DictConfig | dict | None) -> dict[str, float]:
+    cfg = cfg or {}
+    norm = {}
+    if cfg.get("compression_model_latent_mean") is not None:
+        norm["latent_mean"] = float(cfg["compression_model_latent_mean"])
+    if cfg.get("compression_model_latent_std") is not None:
+        norm["latent_std"] = float(cfg["compression_model_latent_std"])
+    return norm
+
+
+def codec_from_package(package: dict, source: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+                       **norm: float) -> EncodecCompressionModel:
+    """Codec from a `compression_state_dict.bin` dict: a `{'pretrained': name}` pointer or a full export.
+
+    Args:
+        package: the loaded file.
+        source: its path (for messages).
+        cache_dir: hub cache for a pointer to a hub codec.
+        **norm: `latent_mean` / `latent_std`, overriding those of a full export.
+    """
+    if "pretrained" in package:
+        name = package["pretrained"]
+        if name in ("debug", "//debug"):
+            return EncodecCompressionModel.debug(**norm)
+        name = name[len("//pretrained/"):] if name.startswith("//pretrained/") else name
+        return EncodecCompressionModel.from_pretrained(name, cache_dir=cache_dir, **norm)
+    if "best_state" not in package:
+        raise ModelLoadError(f"{source} is neither a codec pointer ({{'pretrained': name}}) nor a full codec "
+                              "export ('best_state' + 'xp.cfg').")
+    cfg = _cfg_from_package(package, Path(source)) if "xp.cfg" in package else OmegaConf.create({})
+    state = package["best_state"]
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    encodec = cfg.get("encodec")
+    config = EncodecConfig(**OmegaConf.to_container(encodec)) if encodec is not None else None
+    try:
+        return EncodecCompressionModel.from_state_dict(state, config=config, **{**_latent_norm(cfg), **norm})
+    except (ValueError, RuntimeError) as err:
+        raise ModelLoadError(f"the codec weights in {source} do not form a transformers EncodecModel "
+                              f"(only transformers-format EnCodec exports are supported): {err}") from err
+
+
+def load_compression_model(src: str | os.PathLike, device: str | torch.device = "cpu",
+                           cache_dir: str | os.PathLike | None = None, **norm: float) -> EncodecCompressionModel:
+    """Load a codec from a hub repo id, an exported folder, a codec file or a transformers codec folder.
+
+    Args:
+        src: repo id / folder with `compression_state_dict.bin` / that file / a folder with the
+            `config.json` of a transformers EnCodec (e.g. a download of facebook/encodec_32khz).
+        device: where to put it.
+        cache_dir: hub cache (default `$JASCO_CACHE_DIR`, else the HF cache).
+        **norm: `latent_mean` / `latent_std` of the normalised latents.
+    """
+    path = Path(str(src)).expanduser()
+    if path.is_dir() and not (path / CODEC_FILE).is_file() and (path / "config.json").is_file():
+        return EncodecCompressionModel.from_pretrained(str(path), **norm).to(device)
+    file = resolve_file(src, CODEC_FILE, cache_dir)
+    return codec_from_package(read_checkpoint(file), file, cache_dir, **norm).to(device)
+
+
+def _codec_for(state: dict[str, torch.Tensor], cfg: DictConfig, src: str | os.PathLike, model_file: Path,
+               cache_dir: str | os.PathLike | None) -> EncodecCompressionModel:
+    """The codec of a model: embedded weights first (no download), then the codec file, then the config."""
+    norm = _latent_norm(cfg)
+    if any(k.startswith(CODEC_PREFIX) for k in state):
+        try:
+            return EncodecCompressionModel.from_state_dict(state, prefix=CODEC_PREFIX, **norm)
+        except (ValueError, RuntimeError) as err:
+            raise ModelLoadError(f"the codec weights embedded in {model_file} are inconsistent: {err}") from err
+    codec_file = model_file.parent / CODEC_FILE
+    if not codec_file.is_file() and not _is_local(str(src)):
+        codec_file = resolve_file(src, CODEC_FILE, cache_dir)  # hub: the sibling is not downloaded yet
+    if codec_file.is_file():
+        return codec_from_package(read_checkpoint(codec_file), codec_file, cache_dir, **norm)
+    logger.info("%s has no %s next to it: using compression_model_checkpoint=%s of its config",
+                model_file, CODEC_FILE, cfg.get("compression_model_checkpoint"))
+    return get_compression_model(cfg)
+
+
+def _match_state_keys(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
+    """Rename the codec's weight-norm keys to the installed naming; drop derived geometry buffers."""
+    codec = {k: v for k, v in state.items() if k.startswith(CODEC_PREFIX)}
+    if not codec:
+        return state
+    new_style = any(k.endswith(".parametrizations.weight.original0") for k in expected)
+    codec = convert_weight_norm_keys(codec, "parametrizations" if new_style else "legacy")
+    codec = {k: v for k, v in codec.items() if k in expected or k.rsplit(".", 1)[-1] not in _GEOMETRY_BUFFERS}
+    return {**{k: v for k, v in state.items() if not k.startswith(CODEC_PREFIX)}, **codec}
+
+
+def load_jasco(src: str | os.PathLike, device: str | torch.device = "cpu", cache_dir: str | os.PathLike | None = None,
+               compression_model: EncodecCompressionModel | None = None) -> LoadedJasco:
+    """Build a JASCO model from its own `xp.cfg`, load its weights strictly, and get its codec.
+
+    The codec comes from, in order: `compression_model`; the weights embedded in the state_dict
+    (drums models: no download); `compression_state_dict.bin` next to the weights; the config's
+    `compression_model_checkpoint`.
+    """
+    state, cfg, path = load_lm_state(src, cache_dir)
+    codec = compression_model if compression_model is not None else _codec_for(state, cfg, src, path, cache_dir)
+    try:
+        model = get_flow_matching_model(cfg, codec)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ModelLoadError(f"cannot build the model described by the 'xp.cfg' of {path}: {err!r}") from err
+    expected = set(model.state_dict())
+    state = _match_state_keys(state, expected)
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"the weights in {path} do not match the model built from its own xp.cfg: {len(missing)} missing "
+            f"(e.g. {missing[:4]}), {len(unexpected)} unexpected (e.g. {unexpected[:4]}).")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ModelLoadError(f"the weights in {path} do not fit the model built from its xp.cfg: {err}") from err
+    model.eval().to(device)
+    codec.to(device).eval()
+    model.cfg = cfg
+    return LoadedJasco(model=model, compression_model=codec, cfg=cfg, source=path)
+
+
+def load_jasco_model(src: str | os.PathLike, device: str | torch.device = "cpu",
+                     cache_dir: str | os.PathLike | None = None,
+                     compression_model: EncodecCompressionModel | None = None) -> FlowMatchingModel:
+    """The flow model of a hub repo id / exported folder / `state_dict.bin` / `checkpoint.th`, eval mode, `.cfg` set."""
+    return load_jasco(src, device, cache_dir, compression_model).model
+
+
+# ---------------------------------------------------------------- chords
+def load_chord_vocabulary(cfg: DictConfig | dict | None = None,
+                          chords_mapping_path: str | os.PathLike | None = None) -> ChordVocabulary:
+    """The chord vocabulary a model was trained with.
+
+    `chords_mapping_path` wins; else the config's `chords_vocabulary` (`builtin`, `published:PATH`
+    or `PATH`); else (published checkpoints do not name theirs) the builtin vocabulary, with a
+    warning: published models need the published `chord_to_index_mapping.pkl`.
+    """
+    if chords_mapping_path is not None:
+        return ChordVocabulary.from_file(chords_mapping_path)
+    name = (cfg or {}).get("chords_vocabulary")
+    if name == "builtin":
+        return ChordVocabulary.builtin()
+    if isinstance(name, str):
+        path = Path(name.split(":", 1)[1] if name.startswith("published:") else name).expanduser()
+        if path.is_file():
+            return ChordVocabulary.from_file(path)
+        warnings.warn(f"the model was trained with the chord vocabulary {name!r}, which is not available here; "
+                      "using the builtin one. Pass chords_mapping_path= (--chords-mapping) to that file.",
+                      stacklevel=2)
+    else:
+        warnings.warn("no chord mapping given: using the builtin vocabulary. Published JASCO models were trained "
+                      "with chord_to_index_mapping.pkl, which orders chords differently: pass "
+                      "chords_mapping_path= (--chords-mapping) to it, or the chords will be wrong.", stacklevel=2)
+    return ChordVocabulary.builtin()
