@@ -6,6 +6,7 @@ Shapes: `B` batch, `S` tokens (padded to the longest text of the batch), `E` enc
 from __future__ import annotations
 
 import logging
+import os
 import re
 import zlib
 from typing import Any
@@ -71,7 +72,8 @@ class T5Conditioner(_TextConditioner):
     def __init__(self, name: str, output_dim: int, finetune: bool = False, word_dropout: float = 0.0,
                  normalize_text: bool = False, cache_dir: str | None = None, encoder_dim: int | None = None):
         super().__init__(output_dim, word_dropout, normalize_text)
-        self.name, self.finetune, self.cache_dir = name, finetune, cache_dir
+        self.name, self.finetune = name, finetune
+        self.cache_dir = cache_dir or os.environ.get("JASCO_CACHE_DIR") or None
         self.encoder_dim = encoder_dim or self._encoder_dim(name)
         self.output_proj = nn.Linear(self.encoder_dim, output_dim)
         self.__dict__["t5"] = None

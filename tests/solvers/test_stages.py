@@ -1,0 +1,59 @@
+"""Solver stages and safety nets: show, execute_only, epoch checkpoint copies, non-finite loss."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers_training import ensure_example, experiment
+
+RUN = ["solver=jasco/debug", "optim.epochs=3", "optim.updates_per_epoch=2", "checkpoint.save_every=1",
+       "checkpoint.keep_last=2", "generate.every=0", "evaluate.every=0"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    ensure_example()
+    from jasco.train import get_solver
+    dora_dir = tmp_path_factory.mktemp("dora")
+    with experiment(dora_dir, RUN) as xp:
+        solver = get_solver(xp.cfg)
+        solver.run()
+        return dora_dir, solver.folder
+
+
+def test_keep_last_deletes_old_epoch_copies(finished):
+    _, folder = finished
+    assert sorted(p.name for p in folder.glob("checkpoint_*.th")) == ["checkpoint_2.th", "checkpoint_3.th"]
+    state = torch.load(folder / "checkpoint_3.th", weights_only=True)
+    assert len(state["history"]) == 3
+
+
+def test_execute_only_generate_uses_the_same_experiment(finished):
+    dora_dir, folder = finished
+    from jasco.train import get_solver
+    with experiment(dora_dir, RUN + ["execute_only=generate"]) as xp:
+        assert xp.folder == folder  # execute_only does not change the signature
+        solver = get_solver(xp.cfg)
+        solver.run()
+    assert len(list((folder / "samples" / "4").glob("*.wav"))) == 2
+    assert len(torch.load(folder / "checkpoint.th", weights_only=True)["history"]) == 3  # nothing saved
+
+
+def test_show_describes_model_and_data(finished):
+    dora_dir, _ = finished
+    from jasco.train import describe, get_solver
+    with experiment(dora_dir, RUN + ["show=true"]) as xp:
+        text = describe(get_solver(xp.cfg))
+    assert "trainable parameters" in text and "conditioner melody" in text and "data train: JascoDataset" in text
+
+
+def test_non_finite_loss_is_a_clear_error(finished):
+    dora_dir, _ = finished
+    from jasco.train import get_solver
+    with experiment(dora_dir, RUN + ["optim.lr=1e-2"]) as xp:
+        solver = get_solver(xp.cfg)
+        with torch.no_grad():
+            solver.model.linear.weight.fill_(float("nan"))
+        batch = next(iter(solver.dataloaders["train"]))
+        with pytest.raises(FloatingPointError, match="Lower optim.lr"):
+            solver.run_step(batch, train=True)
