@@ -22,16 +22,14 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {
@@ -41,17 +39,6 @@ CONFIGS = {
 }
 PATHS = ("codec", "cache")
 RESULT_TAG = "TRAIN_THROUGHPUT_RESULT "
-
-
-@contextmanager
-def experiment(dora_dir: Path, overrides: list[str]) -> Iterator[Any]:
-    """Enter the Dora experiment of `overrides` in-process, its folder under `dora_dir`."""
-    os.environ["JASCO_DORA_DIR"] = str(dora_dir)
-    from jasco.train import main
-    main.dora.dir = dora_dir
-    xp = main.get_xp(overrides)
-    with xp.enter():
-        yield xp
 
 
 def ensure_example(path: Path) -> Path:
@@ -89,7 +76,7 @@ def measure(overrides: list[str], dora_dir: Path, steps: int, warmup: int) -> di
     import torch
 
     from jasco.solvers.jasco_solver import cycle
-    from jasco.train import get_solver, init_seed_and_system
+    from jasco.train import experiment, get_solver, init_seed_and_system
     with experiment(dora_dir, overrides) as xp:
         init_seed_and_system(xp.cfg)
         solver = get_solver(xp.cfg)

@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 import flashy
 import torch
 from dora import hydra_main
@@ -72,6 +77,20 @@ def main(cfg: DictConfig) -> None:
 
 
 main.dora.dir = str(environment.dora_dir())
+
+
+@contextmanager
+def experiment(dora_dir: str | Path, overrides: list[str]) -> Iterator[Any]:
+    """Enter the Dora experiment of `overrides` in this process (tests, benchmarks, notebooks).
+
+    `with experiment(dir, ["solver=jasco/debug"]) as xp: solver = get_solver(xp.cfg)` builds the
+    same solver, in the same folder `<dir>/xps/<SIG>`, as `dora run solver=jasco/debug` would.
+    """
+    os.environ["JASCO_DORA_DIR"] = str(dora_dir)
+    main.dora.dir = Path(dora_dir)
+    xp = main.get_xp(overrides)
+    with xp.enter():
+        yield xp
 if environment.slurm_partitions().get("global"):
     main._base_cfg.slurm.partition = environment.slurm_partitions()["global"]  # type: ignore[attr-defined]
 

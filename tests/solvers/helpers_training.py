@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import importlib.util
-import os
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+
+from jasco.train import experiment  # noqa: F401  (re-exported for the tests)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO_ROOT / "egs" / "example"
@@ -17,14 +16,3 @@ def ensure_example() -> Path:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.ensure_example_dataset(EXAMPLE)
-
-
-@contextmanager
-def experiment(dora_dir: Path, overrides: list[str]) -> Iterator[object]:
-    """Enter the Dora experiment of `overrides` in-process, with its folder under `dora_dir`."""
-    os.environ["JASCO_DORA_DIR"] = str(dora_dir)
-    from jasco.train import main
-    main.dora.dir = dora_dir
-    xp = main.get_xp(overrides)
-    with xp.enter():
-        yield xp
