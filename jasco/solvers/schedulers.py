@@ -99,7 +99,7 @@ class LinearWarmupLRScheduler(_ClosedFormScheduler):
         return base_lr
 
 
-class InverseSquareRootLRScheduler(_ClosedFormScheduler):
+class InverseSquareRootLRScheduler(LinearWarmupLRScheduler):
     """Linear warmup from `warmup_init_lr`, then decay proportional to `1 / sqrt(s)`.
 
     - `s < W`: `warmup_init_lr + (lr - warmup_init_lr) * s / W`
@@ -111,14 +111,11 @@ class InverseSquareRootLRScheduler(_ClosedFormScheduler):
     def __init__(self, optimizer: Optimizer, warmup_steps: int, warmup_init_lr: float = 0.0) -> None:
         _check(warmup_steps >= 1, f"warmup_steps must be >= 1 for the inverse square root schedule "
                                   f"(the decay is lr * sqrt(warmup / step)), got {warmup_steps}")
-        _check(warmup_init_lr >= 0, f"warmup_init_lr must be >= 0, got {warmup_init_lr}")
-        self.warmup_steps = int(warmup_steps)
-        self.warmup_init_lr = float(warmup_init_lr)
-        super().__init__(optimizer)
+        super().__init__(optimizer, warmup_steps, warmup_init_lr)
 
     def _lr_at(self, step: int, base_lr: float) -> float:
         if step < self.warmup_steps:
-            return _warmup(step, self.warmup_steps, self.warmup_init_lr, base_lr)
+            return super()._lr_at(step, base_lr)
         return base_lr * math.sqrt(self.warmup_steps / step)
 
 

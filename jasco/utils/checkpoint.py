@@ -161,7 +161,7 @@ def resolve_checkpoint(source: str | Path, dora_dir: str | Path) -> Path:
         path = Path(dora_dir) / "xps" / sig / CHECKPOINT_NAME
         if not path.is_file():
             raise FileNotFoundError(f"No checkpoint for experiment {sig}: {path} does not exist "
-                                    f"(check the signature and the dora dir {dora_dir})")
+                                    f"(check the signature and the dora dir {dora_dir}; set JASCO_DORA_DIR to your Dora folder)")
         return path
     path = Path(text).expanduser()
     if path.is_dir():

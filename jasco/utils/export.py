@@ -27,11 +27,10 @@ from jasco import environment
 from jasco.models.builders import get_compression_model
 from jasco.models.codec import EncodecCompressionModel
 from jasco.models.loaders import CODEC_FILE, CODEC_PREFIX, MODEL_FILE, read_checkpoint
+from jasco.utils.checkpoint import SIG_PREFIX, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "checkpoint.th"
-SIG_PREFIX = "//sig/"
 
 
 def _atomic_save(obj: Any, out_file: str | os.PathLike) -> Path:
@@ -99,21 +98,11 @@ def find_checkpoint(sig_or_path: str | os.PathLike, dora_dir: str | os.PathLike 
     `jasco.environment.dora_dir()` (`$JASCO_DORA_DIR`, else the team config, else `outputs`).
     """
     text = str(sig_or_path)
-    path = Path(text).expanduser()
-    if path.is_file():
-        return path
-    if path.is_dir():
-        if not (path / CHECKPOINT_NAME).is_file():
-            raise FileNotFoundError(f"experiment folder {path} has no {CHECKPOINT_NAME} (has it trained an epoch?).")
-        return path / CHECKPOINT_NAME
-    sig = text[len(SIG_PREFIX):].strip("/") if text.startswith(SIG_PREFIX) else text
     root = Path(dora_dir).expanduser() if dora_dir is not None else environment.dora_dir()
-    candidate = root / "xps" / sig / CHECKPOINT_NAME
-    if sig and "/" not in sig and candidate.is_file():
-        return candidate
-    raise FileNotFoundError(
-        f"{text} is neither a checkpoint file, an experiment folder, nor a signature with a checkpoint "
-        f"under {root / 'xps'} (looked for {candidate}); set JASCO_DORA_DIR to your Dora folder.")
+    if Path(text).expanduser().exists() or text.startswith(SIG_PREFIX) or "/" in text:
+        return resolve_checkpoint(text, root)
+    # A bare signature, as `dora` prints it.
+    return resolve_checkpoint(SIG_PREFIX + text, root)
 
 
 def best_state_of(checkpoint: dict, source: str | os.PathLike = "checkpoint") -> dict[str, torch.Tensor]:
