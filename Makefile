@@ -43,4 +43,4 @@ install-chords: install
 	$(PY) -m pip install -q "setuptools>=61,<81" wheel
 	$(PY) -m pip install -q --no-build-isolation "vamp>=1.1"
 	$(PY) -m pip install -q --no-build-isolation "chord-extractor>=0.1.3"
-	$(PY) -c "from jasco.data.chord_recognition import chordino_available as ok; assert ok(), 'Chordino plugin not found'; print('Chordino OK')"
+	$(PY) -c "from jasco.controls.chords.recognition import chordino_available as ok; assert ok(), 'Chordino plugin not found'; print('Chordino OK')"

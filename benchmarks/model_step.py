@@ -22,8 +22,13 @@ from jasco.data.attributes import ConditioningAttributes, WavCondition
 from jasco.models import flow
 from jasco.models.codec import EncodecCompressionModel
 from jasco.models.flow_matching import FlowMatchingModel
-from jasco.modules.conditioners import (ChordsConditioner, ConditionProvider, DrumsConditioner,
-                                        HashedTextConditioner, MelodyConditioner)
+from jasco.modules.conditioners import (
+    ChordsConditioner,
+    ConditionProvider,
+    DrumsConditioner,
+    HashedTextConditioner,
+    MelodyConditioner,
+)
 from jasco.modules.fuser import ConditionFuser
 
 

@@ -5,7 +5,8 @@ Environment variables:
     JASCO_TEAM: which `config/teams/<team>.yaml` to read (default: `default`).
     JASCO_CLUSTER: which section of the team file (default: `default`).
     JASCO_REFERENCE_DIR: what `//reference/...` paths point to.
-    JASCO_CACHE_DIR: downloads (hub models, weights); defaults to the Hugging Face cache.
+    JASCO_CACHE_DIR: downloads: hub models (default: the Hugging Face cache) and other weights
+        (default: ~/.cache/jasco).
 """
 from __future__ import annotations
 
@@ -56,8 +57,13 @@ def reference_dir() -> Path:
 
 
 def cache_dir() -> str | None:
-    """Download cache (None: the Hugging Face default)."""
+    """Hub download cache: `$JASCO_CACHE_DIR`, else None (the Hugging Face default cache)."""
     return os.environ.get("JASCO_CACHE_DIR") or None
+
+
+def download_dir(name: str) -> Path:
+    """Folder for jasco's own downloads of kind `name`: `<$JASCO_CACHE_DIR or ~/.cache/jasco>/name`."""
+    return Path(cache_dir() or Path.home() / ".cache" / "jasco").expanduser() / name
 
 
 def slurm_partitions() -> dict[str, str | None]:

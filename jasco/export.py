@@ -1,23 +1,177 @@
-"""`jasco-export` / `python -m jasco.export SIG_OR_PATH OUT_DIR`: export a training run for inference.
+"""Export trained models in the published JASCO format (JASCO_SPEC §6).
 
-SIG_OR_PATH is a `checkpoint.th`, an experiment folder, or a Dora signature (`SIG` or `//sig/SIG`,
-looked up as `<dora dir>/xps/SIG/checkpoint.th`; dora dir: `$JASCO_DORA_DIR`, else the team
-config, else `outputs`). OUT_DIR receives
-`state_dict.bin` and `compression_state_dict.bin` (see jasco.utils.export), loadable with
-`JASCO.get_pretrained(OUT_DIR)` and `jasco-generate --model OUT_DIR`.
+An exported folder holds:
+- `state_dict.bin`: `{'best_state': model state_dict, 'xp.cfg': YAML string of the resolved
+  training config, 'version': jasco version, 'exported': True}`;
+- `compression_state_dict.bin`: either a pointer `{'pretrained': NAME, 'exported': True,
+  'version': ...}` to a hub (or local) codec, or a full copy `{'best_state': EncodecModel
+  state_dict, 'xp.cfg': YAML with 'encodec' (the transformers EncodecConfig fields) and the latent
+  mean/std, 'version': ..., 'exported': True}`.
+Every file is written to a temporary name, then renamed, so an interrupted export leaves no
+half-written file behind.
+
+CLI: `jasco-export` / `python -m jasco.export SIG_OR_PATH OUT_DIR`, where SIG_OR_PATH is a
+`checkpoint.th`, an experiment folder, or a Dora signature (`SIG` or `//sig/SIG`, looked up as
+`<dora dir>/xps/SIG/checkpoint.th`; dora dir: `$JASCO_DORA_DIR`, else the team config, else
+`outputs`). The folder loads with `JASCO.get_pretrained(OUT_DIR)` and `jasco-generate --model OUT_DIR`.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from jasco.utils.export import export_checkpoint, find_checkpoint
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import EncodecConfig
+
+import jasco
+from jasco import environment
+from jasco.models.builders import get_compression_model
+from jasco.models.codec import EncodecCompressionModel
+from jasco.models.loaders import CODEC_FILE, CODEC_PREFIX, MODEL_FILE, read_checkpoint
+from jasco.solvers.checkpoint import SIG_PREFIX, resolve_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+
+def _atomic_save(obj: Any, out_file: str | os.PathLike) -> Path:
+    """`torch.save` to a temporary file in the target folder, then rename over `out_file`."""
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out_file.name}.", suffix=".tmp", dir=out_file.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, out_file)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out_file
+
+
+def _yaml(cfg: DictConfig | dict) -> str:
+    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def export_lm(model_state: dict[str, torch.Tensor], cfg: DictConfig | dict | str, out_file: str | os.PathLike) -> Path:
+    """Write `state_dict.bin`: `{'best_state', 'xp.cfg' (YAML), 'version', 'exported': True}`."""
+    yaml_cfg = cfg if isinstance(cfg, str) else _yaml(cfg)
+    state = {k: v.detach().cpu().clone() for k, v in model_state.items()}
+    package = {"best_state": state, "xp.cfg": yaml_cfg, "version": jasco.__version__, "exported": True}
+    return _atomic_save(package, out_file)
+
+
+def export_pretrained_compression_model(name: str, out_file: str | os.PathLike) -> Path:
+    """Write a codec pointer `{'pretrained': name, 'exported': True, 'version'}` (hub repo id or folder)."""
+    return _atomic_save({"pretrained": name, "exported": True, "version": jasco.__version__}, out_file)
+
+
+# The EncodecConfig fields that define the codec (transformers' bookkeeping, label maps etc. left out).
+_ENCODEC_FIELDS = (
+    "sampling_rate", "audio_channels", "normalize", "chunk_length_s", "overlap", "hidden_size", "num_filters",
+    "num_residual_layers", "upsampling_ratios", "norm_type", "kernel_size", "last_kernel_size",
+    "residual_kernel_size", "dilation_growth_rate", "use_causal_conv", "pad_mode", "compress", "num_lstm_layers",
+    "trim_right_ratio", "codebook_size", "codebook_dim", "use_conv_shortcut", "target_bandwidths",
+)
+
+
+def _encodec_fields(config: EncodecConfig) -> dict[str, Any]:
+    """The fields of an EncodecConfig that define the codec."""
+    values = config.to_dict()
+    return {k: values[k] for k in _ENCODEC_FIELDS if k in values}
+
+
+def export_encodec(codec: EncodecCompressionModel, out_file: str | os.PathLike) -> Path:
+    """Write a full codec copy: its transformers config, weights and latent normalisation."""
+    cfg = {"compression_model": "encodec_hf", "encodec": _encodec_fields(codec.model.config),
+           "compression_model_latent_mean": codec.latent_mean, "compression_model_latent_std": codec.latent_std}
+    state = {k: v.detach().cpu().clone() for k, v in codec.model.state_dict().items()}
+    package = {"best_state": state, "xp.cfg": _yaml(cfg), "version": jasco.__version__, "exported": True}
+    return _atomic_save(package, out_file)
+
+
+# ---------------------------------------------------------------- training checkpoints
+def find_checkpoint(sig_or_path: str | os.PathLike, dora_dir: str | os.PathLike | None = None) -> Path:
+    """The `checkpoint.th` of a file, an experiment folder or a Dora signature (`SIG` or `//sig/SIG`).
+
+    A signature is looked up as `<dora_dir>/xps/<SIG>/checkpoint.th`, with `dora_dir` defaulting to
+    `jasco.environment.dora_dir()` (`$JASCO_DORA_DIR`, else the team config, else `outputs`).
+    """
+    text = str(sig_or_path)
+    root = Path(dora_dir).expanduser() if dora_dir is not None else environment.dora_dir()
+    if Path(text).expanduser().exists() or text.startswith(SIG_PREFIX) or "/" in text:
+        return resolve_checkpoint(text, root)
+    # A bare signature, as `dora` prints it.
+    return resolve_checkpoint(SIG_PREFIX + text, root)
+
+
+def best_state_of(checkpoint: dict, source: str | os.PathLike = "checkpoint") -> dict[str, torch.Tensor]:
+    """Model weights of a training checkpoint: `fsdp_best_state` when non-empty, else `best_state`."""
+    for key in ("fsdp_best_state", "best_state"):
+        state = checkpoint.get(key)
+        if isinstance(state, dict) and isinstance(state.get("model"), dict):
+            state = state["model"]
+        if isinstance(state, dict) and state:
+            return state
+    raise ValueError(f"{source} has no best state ('best_state' / 'fsdp_best_state' with a 'model' state_dict); "
+                     "export a checkpoint written after at least one validated epoch.")
+
+
+def _checkpoint_cfg(checkpoint: dict, source: Path) -> DictConfig:
+    raw = checkpoint.get("xp.cfg")
+    if not isinstance(raw, (str, dict)):
+        raise ValueError(f"{source} has no 'xp.cfg' (YAML string or dict); is it a jasco training checkpoint?")
+    return OmegaConf.create(raw)
+
+
+def export_codec_of(cfg: DictConfig, model_state: dict[str, torch.Tensor], out_file: str | os.PathLike) -> Path:
+    """Write `compression_state_dict.bin` for a run: a pointer to a hub codec, else a full copy.
+
+    `compression_model_checkpoint` = `//pretrained/NAME` or a hub name → pointer; a local folder or
+    `debug` → full copy (the weights embedded in `model_state` when present: those are exactly the
+    ones the run used).
+    """
+    source = str(cfg.get("compression_model_checkpoint") or "//pretrained/facebook/encodec_32khz")
+    name = source[len("//pretrained/"):] if source.startswith("//pretrained/") else source
+    is_local = name in ("debug", "//debug") or Path(name).expanduser().is_dir()
+    if not is_local:
+        return export_pretrained_compression_model(name, out_file)
+    norm = {"latent_mean": float(cfg.get("compression_model_latent_mean", -0.0074)),
+            "latent_std": float(cfg.get("compression_model_latent_std", 4.0102))}
+    if any(k.startswith(CODEC_PREFIX) for k in model_state):
+        codec = EncodecCompressionModel.from_state_dict(model_state, prefix=CODEC_PREFIX, **norm)
+    else:
+        codec = get_compression_model(cfg)
+    return export_encodec(codec, out_file)
+
+
+def export_checkpoint(checkpoint_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Export a training `checkpoint.th` to `out_dir/{state_dict.bin, compression_state_dict.bin}`.
+
+    Returns:
+        `out_dir`.
+    """
+    checkpoint_path = Path(checkpoint_path)
+    checkpoint = read_checkpoint(checkpoint_path)
+    state = best_state_of(checkpoint, checkpoint_path)
+    cfg = _checkpoint_cfg(checkpoint, checkpoint_path)
+    out_dir = Path(out_dir)
+    export_lm(state, cfg, out_dir / MODEL_FILE)
+    export_codec_of(cfg, state, out_dir / CODEC_FILE)
+    logger.info("exported %s to %s", checkpoint_path, out_dir)
+    return out_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="jasco-export", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="jasco-export", description="Export a training run for inference.")
     parser.add_argument("source", metavar="SIG_OR_PATH", help="checkpoint.th, experiment folder or Dora signature")
     parser.add_argument("out_dir", metavar="OUT_DIR",
                         help="folder to write state_dict.bin and compression_state_dict.bin")

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from jasco.data.audio import audio_read, audio_write
-from jasco.data.chords import read_chord_file
-from jasco.data.salience import read_salience, salience_segment
+from jasco.audio.io import audio_read, audio_write
+from jasco.controls.chords.progression import read_chord_file
+from jasco.controls.melody.salience import read_salience, salience_segment
 from jasco.models.jasco import JASCO
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chords", help='"C@0 D@2 F@4" or a chord file (.json [[start, label], ...] or text lines)')
     parser.add_argument("--chords-mapping", help="chord vocabulary file (published: chord_to_index_mapping.pkl)")
     parser.add_argument("--drums", help="drum audio file (any rate/channels; cropped or padded to --duration)")
-    parser.add_argument("--melody", help="melody salience .npz/.npy [53, frames] (e.g. from jasco.data.melody)")
+    parser.add_argument("--melody", help="melody salience .npz/.npy [53, frames] (e.g. from jasco.controls.melody.extraction)")
     parser.add_argument("--melody-frame-rate", type=float, default=None,
                         help="frame rate of a .npy salience without its own (default 86, the published one)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds (> training segment: windowed)")
@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = audio_write(args.out, wav[0].cpu(), model.sample_rate, strategy="loudness", loudness_compressor=True)
     logger.info("wrote %s (%.2f s)", out, wav.shape[-1] / model.sample_rate)
     if args.plot:
-        from jasco.utils.plotting import plot_controls
+        from jasco.controls.plotting import plot_controls
 
         png = plot_controls(out.with_suffix(".png"), wav[0].cpu(), model.sample_rate, chords=chords, melody=melody,
                             drums=drums, drums_sample_rate=drums_sr, frame_rate=model.frame_rate,

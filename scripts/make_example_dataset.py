@@ -23,10 +23,14 @@ import numpy as np
 import soundfile as sf
 
 try:
-    from jasco.data.chords import ROOT_NAMES, ChordSymbol, ChordVocabulary, write_chord_file
+    from jasco.controls.chords.progression import write_chord_file
+    from jasco.controls.chords.symbols import ROOT_NAMES, ChordSymbol
+    from jasco.controls.chords.vocabulary import ChordVocabulary
 except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from jasco.data.chords import ROOT_NAMES, ChordSymbol, ChordVocabulary, write_chord_file
+    from jasco.controls.chords.progression import write_chord_file
+    from jasco.controls.chords.symbols import ROOT_NAMES, ChordSymbol
+    from jasco.controls.chords.vocabulary import ChordVocabulary
 
 GENERATOR_VERSION = 1
 SAMPLE_RATE = 32000

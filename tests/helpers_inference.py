@@ -7,9 +7,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from jasco.export import export_codec_of, export_lm
 from jasco.models.builders import get_jasco_model
 from jasco.models.flow_matching import FlowMatchingModel
-from jasco.utils.export import export_codec_of, export_lm
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 

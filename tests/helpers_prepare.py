@@ -6,7 +6,6 @@ from pathlib import Path
 
 import soundfile as sf
 
-
 EXAMPLE = Path(__file__).resolve().parents[1] / "egs" / "example" / "audio"
 SIDE_SUFFIXES = (".wav", ".json", ".chords.json", ".salience.npz", ".drums.wav")
 

@@ -6,10 +6,10 @@ import json
 import pytest
 import soundfile as sf
 import torch
-
 from helpers_inference import debug_model, export_model
-from jasco.data.audio import audio_write
-from jasco.data.salience import write_salience
+
+from jasco.audio.io import audio_write
+from jasco.controls.melody.salience import write_salience
 from jasco.generate import main, parse_chords
 
 

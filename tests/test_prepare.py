@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 from helpers_prepare import copy_clips
-from jasco.data.audio_dataset import load_manifest
 
 from jasco.data.jasco_dataset import JascoDataset
+from jasco.data.manifest import load_manifest
 from jasco.prepare.__main__ import main
 
 MELODY_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "deepsalience" / "multif0.h5"
@@ -80,8 +80,6 @@ def test_prepare_end_to_end_with_bad_inputs(tmp_path):
     assert {f["step"] for f in _rows(out / "failures.jsonl")} == {"manifest"}
 
 
-@pytest.mark.skipif(importlib.util.find_spec("jasco.data.chord_recognition") is None,
-                    reason="chord recognition (jasco.data.chord_recognition) not available yet")
 def test_prepare_recognises_chords_without_chord_file(tmp_path):
     src = copy_clips(tmp_path / "audio", names=("clip_00",), sides=(".wav",), seconds=4.0)
     assert _cli(src, tmp_path / "out", "manifest,chords") == 0

@@ -12,27 +12,20 @@ Shapes: `B` batch, `C` channels, `N` samples, `T` latent frames (`frame_rate` pe
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from jasco.audio.io import audio_read, convert_audio
+from jasco.controls.chords.progression import read_chord_file
+from jasco.controls.chords.vocabulary import ChordVocabulary, frame_chords
+from jasco.controls.melody.salience import read_salience, salience_segment
 from jasco.data.attributes import ConditioningAttributes, WavCondition
-from jasco.data.audio import audio_read, convert_audio
-from jasco.data.audio_dataset import AudioMeta
-from jasco.data.chords import ChordVocabulary, frame_chords, read_chord_file
-from jasco.data.info_dataset import MusicDataset, MusicInfo
-from jasco.data.salience import read_salience, salience_segment
-
-LATENT_DIM = 128
-DRUMS_SUFFIXES = (".drums.wav", ".drums.flac")
-SALIENCE_SUFFIXES = (".salience.npz", ".salience.npy")
-CHORDS_SUFFIXES = (".chords.json",)
-
-
-class SideFileError(ValueError):
-    """A side file (chords, salience, drums, latents) is missing where declared or is invalid."""
+from jasco.data.drum_codes import read_code_segment
+from jasco.data.latents import read_latent_segment
+from jasco.data.manifest import AudioMeta
+from jasco.data.music_dataset import MusicDataset, MusicInfo
+from jasco.data.side_files import CHORDS_SUFFIXES, DRUMS_SUFFIXES, SALIENCE_SUFFIXES, find_side_file
 
 
 @dataclass
@@ -59,65 +52,6 @@ class JascoInfo(MusicInfo):
             wav={"self_wav": drums},
             symbolic={"chords": self.frame_chords, "melody": self.melody},
         )
-
-
-def find_side_file(meta: AudioMeta, field_name: str, suffixes: tuple[str, ...]) -> Path | None:
-    """The side file named in the manifest line, else the first `<stem><suffix>` that exists."""
-    explicit = meta.get_path(field_name)
-    if explicit is not None:
-        path = Path(explicit)
-        if not path.exists():
-            raise SideFileError(f"'{field_name}' of {meta.path} points to {path}, which does not exist; "
-                                "fix or remove that field of the manifest line.")
-        return path
-    audio = Path(meta.path)
-    stem = audio.with_suffix("")
-    for suffix in suffixes:
-        candidate = stem.parent / (stem.name + suffix)
-        if candidate.exists():
-            return candidate
-    return None
-
-
-def read_latent_segment(path: str | Path, seek_time: float, n_frames: int, frame_rate: float = 50.0) -> torch.Tensor:
-    """Latent frames `[T, F]` starting at `seek_time` from a `.npy` `[T_total, F]`, zero-padded at the end."""
-    path = Path(path)
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as exc:
-        raise SideFileError(f"Cannot read latents file {path}: {exc}") from exc
-    if array.ndim != 2 or array.shape[1] != LATENT_DIM:
-        raise SideFileError(f"Latents file {path} has shape {array.shape}; expected [frames, {LATENT_DIM}] "
-                            f"at {frame_rate:g} frames/s.")
-    start = int(round(seek_time * frame_rate))
-    chunk = np.array(array[start:start + n_frames], dtype=np.float32)  # reads only this slice (a copy)
-    out = torch.zeros(n_frames, LATENT_DIM)
-    out[:chunk.shape[0]] = torch.from_numpy(chunk)
-    return out
-
-
-def read_code_segment(path: str | Path, seek_time: float, n_frames: int, frame_rate: float = 50.0) -> torch.Tensor:
-    """Drum codes `[T]` int64 starting at `seek_time` from an int16 `.npy` `[T_total]`.
-
-    Past the end of the file the last code is repeated (the drums conditioner pads short cached
-    codes the same way); a segment starting past the end raises SideFileError.
-    """
-    path = Path(path)
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as exc:
-        raise SideFileError(f"Cannot read drum codes file {path}: {exc}") from exc
-    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
-        raise SideFileError(f"Drum codes file {path} has shape {array.shape} and dtype {array.dtype}; expected "
-                            f"integer [frames] at {frame_rate:g} frames/s (rebuild it with `python -m jasco.prepare`).")
-    start = int(round(seek_time * frame_rate))
-    chunk = torch.from_numpy(np.asarray(array[start:start + n_frames], dtype=np.int64))  # reads only this slice
-    if chunk.numel() == 0:
-        raise SideFileError(f"Drum codes file {path} has {array.shape[0]} frames; a segment at {seek_time:.2f} s "
-                            "starts past its end (was it made from another audio file?).")
-    if chunk.numel() < n_frames:
-        chunk = torch.cat([chunk, chunk[-1:].expand(n_frames - chunk.numel())])
-    return chunk
 
 
 class JascoDataset(MusicDataset):

@@ -15,11 +15,18 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from jasco.controls.melody.salience import N_MELODY_BINS
 from jasco.models.codec import EncodecCompressionModel
 from jasco.models.flow_matching import FlowMatchingModel
-from jasco.modules.conditioners import (BaseConditioner, ChordsConditioner, ConditionProvider,
-                                        DrumsConditioner, HashedTextConditioner, MelodyConditioner,
-                                        T5Conditioner)
+from jasco.modules.conditioners import (
+    BaseConditioner,
+    ChordsConditioner,
+    ConditionProvider,
+    DrumsConditioner,
+    HashedTextConditioner,
+    MelodyConditioner,
+    T5Conditioner,
+)
 from jasco.modules.fuser import FUSE_METHODS, ConditionFuser
 
 logger = logging.getLogger(__name__)
@@ -57,7 +64,7 @@ def _chords(cfg: dict, dim: int, codec: nn.Module | None, frames: int) -> BaseCo
 
 
 def _melody(cfg: dict, dim: int, codec: nn.Module | None, frames: int) -> BaseConditioner:
-    return MelodyConditioner(cfg["out_dim"], card=cfg.get("card", 53), n_frames=frames)
+    return MelodyConditioner(cfg["out_dim"], card=cfg.get("card", N_MELODY_BINS), n_frames=frames)
 
 
 def _drums(cfg: dict, dim: int, codec: nn.Module | None, frames: int) -> BaseConditioner:

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from transformers import EncodecConfig, EncodecModel
 
+from jasco import environment
+
 _HUB_HELP = (
     "On a machine with internet run `huggingface-cli download {repo} --local-dir DIR`, copy DIR "
     "here and pass its path instead of the repo id (a folder with config.json and the weights)."
@@ -204,7 +206,7 @@ class EncodecCompressionModel(nn.Module):
                 f"codec folder {name_or_dir} does not exist (give a folder with config.json + weights, "
                 "or a Hugging Face repo id such as facebook/encodec_32khz)."
             )
-        cache_dir = cache_dir if cache_dir is not None else os.environ.get("JASCO_CACHE_DIR")
+        cache_dir = cache_dir if cache_dir is not None else environment.cache_dir()
         try:
             model, info = EncodecModel.from_pretrained(name_or_dir, cache_dir=cache_dir,
                                                        output_loading_info=True)

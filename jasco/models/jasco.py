@@ -22,14 +22,15 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from jasco.audio.io import convert_audio
+from jasco.controls.chords.progression import normalize_progression
+from jasco.controls.chords.vocabulary import ChordVocabulary, frame_chords
+from jasco.controls.melody.salience import N_MELODY_BINS
 from jasco.data.attributes import ConditioningAttributes, WavCondition
-from jasco.data.audio import convert_audio
-from jasco.data.chords import ChordVocabulary, frame_chords, normalize_progression
 from jasco.models.codec import EncodecCompressionModel
 from jasco.models.flow_matching import FlowMatchingModel
 from jasco.models.loaders import load_chord_vocabulary, load_jasco
 
-MELODY_BINS = 53
 # Control name as users know it -> conditioner name in the model.
 CONTROLS = {"chords": "chords", "drums": "self_wav", "melody": "melody"}
 
@@ -291,13 +292,13 @@ class JASCO:
         self._require("melody")
         if not isinstance(salience, torch.Tensor) or salience.dim() not in (2, 3):
             shape = tuple(salience.shape) if isinstance(salience, torch.Tensor) else type(salience).__name__
-            raise ValueError(f"melody_salience_matrix must be a tensor [{MELODY_BINS}, T] or [B, {MELODY_BINS}, T], "
+            raise ValueError(f"melody_salience_matrix must be a tensor [{N_MELODY_BINS}, T] or [B, {N_MELODY_BINS}, T], "
                              f"got {shape}.")
-        if salience.shape[-2] != MELODY_BINS:
-            if salience.shape[-1] != MELODY_BINS:
-                raise ValueError(f"melody_salience_matrix has shape {tuple(salience.shape)}: expected {MELODY_BINS} "
+        if salience.shape[-2] != N_MELODY_BINS:
+            if salience.shape[-1] != N_MELODY_BINS:
+                raise ValueError(f"melody_salience_matrix has shape {tuple(salience.shape)}: expected {N_MELODY_BINS} "
                                  "pitch bins (MIDI 43..95) on one of its last two axes; extract it with "
-                                 "jasco.data.melody.")
+                                 "jasco.controls.melody.extraction.")
             salience = salience.transpose(-1, -2)  # [T, K] as in the published demo matrices
         if salience.dim() == 3 and salience.shape[0] not in (1, batch):
             raise ValueError(f"melody_salience_matrix has batch {salience.shape[0]} but there are {batch} "

@@ -24,7 +24,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import EncodecConfig
 
-from jasco.data.chords import ChordVocabulary
+from jasco import environment
+from jasco.controls.chords.vocabulary import ChordVocabulary
 from jasco.models.builders import get_compression_model, get_flow_matching_model
 from jasco.models.codec import EncodecCompressionModel, convert_weight_norm_keys
 from jasco.models.flow_matching import FlowMatchingModel
@@ -124,7 +125,7 @@ def resolve_file(src: str | os.PathLike, filename: str, cache_dir: str | os.Path
     if _is_local(text):
         raise FileNotFoundError(f"{text} does not exist: give an exported folder, a {MODEL_FILE} file "
                                 "or a Hugging Face repo id such as facebook/jasco-chords-drums-400M.")
-    cache = cache_dir if cache_dir is not None else os.environ.get("JASCO_CACHE_DIR")
+    cache = cache_dir if cache_dir is not None else environment.cache_dir()
     try:
         return Path(hf_hub_download(repo_id=text, filename=filename, cache_dir=cache,
                                     local_files_only=_hub_offline()))

@@ -15,10 +15,17 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
-from jasco.data.audio_dataset import AudioMeta, save_manifest
+from jasco.data.manifest import AudioMeta, save_manifest
 from jasco.prepare import steps as step_fns
-from jasco.prepare.tracks import (Track, dedupe_ids, ensure_valid_split, list_inputs, load_tracks,
-                                  probe_track, save_tracks)
+from jasco.prepare.tracks import (
+    Track,
+    dedupe_ids,
+    ensure_valid_split,
+    list_inputs,
+    load_tracks,
+    probe_track,
+    save_tracks,
+)
 
 logger = logging.getLogger(__name__)
 SPLITS = ("train", "valid")
@@ -200,7 +207,7 @@ def prepare(source: str | Path, out_dir: str | Path, settings: dict) -> Report:
         tracks = sorted(load_tracks(out_dir).values(), key=lambda t: t.id)
     identity = None
     if {"drums", "latents"} & set(steps):
-        from jasco.utils.latent_cache import write_codec_identity
+        from jasco.data.latents import write_codec_identity
 
         identity = write_codec_identity(out_dir / "latents", step_fns.codec(settings["codec"]))
     for step in step_fns.STEPS[1:]:

@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from jasco.data.audio import audio_read
-from jasco.data.chords import ChordVocabulary, read_chord_file, write_chord_file
-from jasco.data.salience import read_salience, write_salience
-from jasco.data.stems import find_drum_stem, separate_drums
+from jasco.audio.io import audio_read
+from jasco.controls.chords.progression import read_chord_file, write_chord_file
+from jasco.controls.chords.vocabulary import ChordVocabulary
+from jasco.controls.drums.stems import find_drum_stem, separate_drums
+from jasco.controls.melody.salience import N_MELODY_BINS, read_salience, write_salience
 
 STEPS = ("manifest", "chords", "melody", "drums", "latents")
-MELODY_BINS = 53
 _CACHE: dict[tuple, Any] = {}  # per-process models, keyed by what they were built from
 
 
@@ -49,7 +49,7 @@ def codec(spec: str):
 
 def out_paths(out_dir: Path, track_id: str) -> dict[str, Path]:
     """Where each step writes for one track."""
-    from jasco.utils.latent_cache import latent_path
+    from jasco.data.latents import latent_path
 
     return {"chords_path": out_dir / "chords" / f"{track_id}.chords.json",
             "salience_path": out_dir / "melody" / f"{track_id}.salience.npz",
@@ -95,7 +95,7 @@ def do_chords(track: dict, out: dict[str, Path], settings: dict) -> dict[str, An
         progression = read_chord_file(existing)
         source = f"chord file {existing}"
     else:
-        from jasco.data.chord_recognition import recognize_chords
+        from jasco.controls.chords.recognition import recognize_chords
 
         wav, sr = audio_read(track["path"])
         kwargs = {"vocabulary": vocab} if settings["vocabulary"] != "builtin" else {}
@@ -117,7 +117,7 @@ def done_melody(track: dict, out: dict[str, Path], settings: dict) -> bool:
         salience, _ = read_salience(out["salience_path"])
     except (OSError, ValueError):
         return False
-    return salience.shape[0] == MELODY_BINS
+    return salience.shape[0] == N_MELODY_BINS
 
 
 def do_melody(track: dict, out: dict[str, Path], settings: dict) -> dict[str, Any]:
@@ -125,13 +125,14 @@ def do_melody(track: dict, out: dict[str, Path], settings: dict) -> dict[str, An
     existing = _input_side(track, "salience_path", (".salience.npz", ".salience.npy"))
     if existing is not None:
         salience, rate = read_salience(existing, default_frame_rate=settings["melody_frame_rate"])
-        if salience.shape[0] != MELODY_BINS:
-            raise ValueError(f"salience file {existing} has {salience.shape[0]} bins; expected {MELODY_BINS} "
+        if salience.shape[0] != N_MELODY_BINS:
+            raise ValueError(f"salience file {existing} has {salience.shape[0]} bins; expected {N_MELODY_BINS} "
                              "(MIDI 43..95): regenerate it or remove it to extract salience from the audio")
     else:
         if not settings.get("melody_weights"):
             raise ValueError("no salience file and no --melody-weights (path or URL of deepsalience multif0.h5)")
-        from jasco.data.melody import MultiF0Salience, extract_salience, resolve_weights
+        from jasco.controls.melody.extraction import extract_salience, resolve_weights
+        from jasco.controls.melody.network import MultiF0Salience
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model = _cached(("melody", settings["melody_weights"]), lambda: MultiF0Salience.from_keras_h5(
@@ -156,7 +157,7 @@ def _drum_stem(track: dict, out: dict[str, Path]) -> Path | None:
 
 def done_drums(track: dict, out: dict[str, Path], settings: dict) -> bool:
     """A drum stem exists and its cached codes are valid."""
-    from jasco.utils.drum_codes import is_valid_drum_codes
+    from jasco.data.drum_codes import is_valid_drum_codes
 
     if _drum_stem(track, out) is None:
         return False
@@ -167,8 +168,9 @@ def done_drums(track: dict, out: dict[str, Path], settings: dict) -> bool:
 
 def do_drums(track: dict, out: dict[str, Path], settings: dict) -> dict[str, Any]:
     """Use an existing stem or separate one with Demucs, then cache its codebook-0 codes."""
-    from jasco.data.audio import audio_write
-    from jasco.utils.drum_codes import compute_drum_codes, write_drum_codes
+    from jasco.audio.io import audio_write
+    from jasco.data.drum_codes import write_drum_codes
+    from jasco.models.track_encoding import compute_drum_codes
 
     stem_path = _drum_stem(track, out)
     if stem_path is None:
@@ -190,7 +192,7 @@ def do_drums(track: dict, out: dict[str, Path], settings: dict) -> dict[str, Any
 # ---------------------------------------------------------------- latents
 def done_latents(track: dict, out: dict[str, Path], settings: dict) -> bool:
     """A `[T, 128]` latents file of the track's length exists."""
-    from jasco.utils.latent_cache import is_valid_latents
+    from jasco.data.latents import is_valid_latents
 
     path = out["latents_path"]
     return is_valid_latents(path) and _frames_ok(np.load(path, mmap_mode="r").shape[0], track["duration"])
@@ -198,7 +200,8 @@ def done_latents(track: dict, out: dict[str, Path], settings: dict) -> bool:
 
 def do_latents(track: dict, out: dict[str, Path], settings: dict) -> dict[str, Any]:
     """Encode the whole track once with the training codec (windowed) and store RAW latents."""
-    from jasco.utils.latent_cache import encode_track, write_latents
+    from jasco.data.latents import write_latents
+    from jasco.models.track_encoding import encode_track
 
     wav, sr = audio_read(track["path"])
     latents = encode_track(codec(settings["codec"]), wav, sr, settings["latent_window"], settings["latent_overlap"])

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jasco.data.audio_dataset import build_meta, find_audio_files, load_manifest
+from jasco.data.manifest import build_meta, find_audio_files, load_manifest
 
 TRACKS_FILE = "tracks.jsonl"
 SILENCE_PEAK = 1e-4  # peak amplitude below which a track counts as silent

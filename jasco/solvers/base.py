@@ -16,9 +16,8 @@ import flashy
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from jasco.solvers.checkpoint import epoch_checkpoint_path, flush_stale_checkpoints, load_checkpoint, save_checkpoint
 from jasco.solvers.ema import ModuleDictEMA
-from jasco.utils.checkpoint import (epoch_checkpoint_path, flush_stale_checkpoints, load_checkpoint,
-                                    save_checkpoint)
 
 logger = logging.getLogger(__name__)
 

@@ -92,7 +92,7 @@ def load_source(source: str) -> tuple[dict[str, torch.Tensor], dict]:
         model = load_jasco_model(source[len("//pretrained/"):], device="cpu")
         return model.state_dict(), _as_dict(model.cfg)
     from jasco.environment import dora_dir
-    from jasco.utils.checkpoint import load_checkpoint, resolve_checkpoint
+    from jasco.solvers.checkpoint import load_checkpoint, resolve_checkpoint
     path = resolve_checkpoint(source, dora_dir())
     state = load_checkpoint(path)
     best = state.get("fsdp_best_state") or state.get("best_state") or {}

@@ -11,11 +11,12 @@ from typing import Any
 
 import flashy
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from torch import nn
 
-from jasco.data.chords import ChordVocabulary
+from jasco.controls.chords.vocabulary import ChordVocabulary
 from jasco.data.jasco_dataset import JascoDataset, JascoInfo
+from jasco.data.latents import verify_latent_cache
 from jasco.models import flow
 from jasco.models.builders import get_compression_model, get_flow_matching_model
 from jasco.solvers.base import StandardSolver
@@ -23,7 +24,6 @@ from jasco.solvers.continuation import initial_state_from
 from jasco.solvers.ema import ModuleDictEMA
 from jasco.solvers.samples import write_samples
 from jasco.solvers.schedulers import build_lr_scheduler
-from jasco.utils.latent_cache import verify_latent_cache
 
 logger = logging.getLogger(__name__)
 

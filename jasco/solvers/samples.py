@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from jasco.data.audio import audio_write
+from jasco.audio.io import audio_write
 from jasco.data.jasco_dataset import JascoInfo
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def write_samples(out_dir: Path, audio: torch.Tensor, sample_rate: int, infos: l
                   start_index: int, audio_cfg: Any, tensorboard: Any = None, epoch: int = 0,
                   frame_rate: float = 50.0, chord_labels: list[str] | None = None) -> list[Path]:
     """Write `audio [B, C, N]` as `<out_dir>/<id>.wav` + `<id>.json` (+ `<id>.png`); log to TensorBoard."""
-    from jasco.utils.plotting import plot_controls  # matplotlib is heavy: import on use
+    from jasco.controls.plotting import plot_controls  # matplotlib is heavy: import on use
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers_audio import make_audio_dir, sine, write_manifest_lines, write_wav
-from jasco.data.audio import AudioReadError
-from jasco.data.audio_dataset import (AudioDataset, AudioMeta, ManifestError, SegmentInfo, build_manifest,
-                                      find_audio_files, load_manifest, main, save_manifest)
+
+from jasco.audio.io import AudioReadError
+from jasco.data.audio_dataset import AudioDataset, SegmentInfo
+from jasco.data.manifest import AudioMeta, ManifestError, build_manifest, find_audio_files, load_manifest, save_manifest
+from jasco.prepare.manifest import main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,7 +30,7 @@ def test_cli_builds_manifest_with_sidecars(tmp_path: Path) -> None:
     write_wav(root / "song0.drums.wav", sine(1.0, 16000), 16000)  # side stem: not an example
     (root / "notes.txt").write_text("not audio")
     out = tmp_path / "m" / "data.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "jasco.data.audio_dataset", str(root), str(out),
+    proc = subprocess.run([sys.executable, "-m", "jasco.prepare.manifest", str(root), str(out),
                            "--workers", "2", "--no-progress"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -64,7 +65,7 @@ def test_cli_bad_file_fails_or_is_skipped(tmp_path: Path) -> None:
     (root / "broken.wav").write_bytes(b"RIFF not really")
     (root / "empty.flac").write_bytes(b"")
     out = tmp_path / "data.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "jasco.data.audio_dataset", str(root), str(out),
+    proc = subprocess.run([sys.executable, "-m", "jasco.prepare.manifest", str(root), str(out),
                            "--workers", "1", "--no-progress"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 1
     assert "broken.wav" in proc.stderr and "--skip-bad" in proc.stderr

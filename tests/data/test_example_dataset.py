@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from jasco.data.chords import ChordVocabulary, read_chord_file
+from jasco.controls.chords.progression import read_chord_file
+from jasco.controls.chords.vocabulary import ChordVocabulary
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "make_example_dataset.py"
 SIDECAR_FIELDS = {"title", "artist", "key", "bpm", "genre", "moods", "keywords", "description",

@@ -7,13 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from helpers_audio import write_wav
+
+from jasco.controls.chords.vocabulary import ChordVocabulary, frame_chords
+from jasco.controls.melody.salience import N_MELODY_BINS, write_salience
 from jasco.data.attributes import ConditioningAttributes
-from jasco.data.audio_dataset import build_manifest, load_manifest, save_manifest
-from jasco.data.chords import ChordVocabulary, frame_chords
-from jasco.data.jasco_dataset import JascoDataset, JascoInfo, SideFileError
-from jasco.data.salience import N_BINS, write_salience
+from jasco.data.jasco_dataset import JascoDataset, JascoInfo
+from jasco.data.manifest import build_manifest, load_manifest, save_manifest
+from jasco.data.side_files import SideFileError
 
 SR = 16000
 
@@ -37,7 +38,7 @@ def test_all_conditions_are_aligned(tmp_path: Path) -> None:
     mix = _song(tmp_path)
     progression = [[0.0, "C"], [1.0, "G:min"], [2.2, "A7"]]
     (tmp_path / "song.chords.json").write_text(json.dumps(progression))
-    sal = torch.zeros(N_BINS, 3 * 86)
+    sal = torch.zeros(N_MELODY_BINS, 3 * 86)
     sal[10, :86] = 1.0  # bin 10 during the first second, bin 20 after
     sal[20, 86:] = 1.0
     write_salience(tmp_path / "song.salience.npz", sal, 86.0)
@@ -57,7 +58,7 @@ def test_all_conditions_are_aligned(tmp_path: Path) -> None:
         assert torch.allclose(drums.wav, -0.5 * wav, atol=1e-7)
         expected = frame_chords(progression, vocab, 50, 50.0, offset_s=info.seek_time)
         assert torch.equal(info.frame_chords, expected)
-        assert info.melody.shape == (N_BINS, 50)
+        assert info.melody.shape == (N_MELODY_BINS, 50)
         times = info.seek_time + torch.arange(50) / 50
         voiced = times < 3.0 - 1 / 86
         first = (times < 0.98) & voiced

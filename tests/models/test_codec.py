@@ -18,7 +18,14 @@ from jasco.models.codec import (
 )
 
 try:  # tests/ as a package (tests/__init__.py present) or as plain folders
-    from tests.models.helpers_codec import CODEC_PREFIX, REF_PATH, SHAPES_PATH, noise_wav, ref_codec_state_dict, tiny_codec
+    from tests.models.helpers_codec import (
+        CODEC_PREFIX,
+        REF_PATH,
+        SHAPES_PATH,
+        noise_wav,
+        ref_codec_state_dict,
+        tiny_codec,
+    )
 except ImportError:
     from helpers_codec import CODEC_PREFIX, REF_PATH, SHAPES_PATH, noise_wav, ref_codec_state_dict, tiny_codec
 

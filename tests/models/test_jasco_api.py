@@ -5,9 +5,9 @@ import warnings
 
 import pytest
 import torch
-
 from helpers_inference import debug_cfg, debug_model, export_model
-from jasco.data.chords import ChordVocabulary, frame_chords
+
+from jasco.controls.chords.vocabulary import ChordVocabulary, frame_chords
 from jasco.models.codec import EncodecCompressionModel
 from jasco.models.jasco import JASCO, crossfade_weights, window_starts
 

@@ -8,18 +8,24 @@ import warnings
 
 import pytest
 import torch
+from helpers_inference import debug_cfg, debug_model, export_model, write_training_checkpoint
 from omegaconf import OmegaConf
+from reference_files import CHORD_MAPPING, CODEC_PREFIX, SHAPES, SMALL_REF, assert_close, require
 from transformers import EncodecModel
 
-from helpers_inference import debug_cfg, debug_model, export_model, write_training_checkpoint
-from jasco.data.chords import ChordVocabulary
+from jasco.controls.chords.vocabulary import ChordVocabulary
+from jasco.export import export_lm, export_pretrained_compression_model
 from jasco.models import loaders
 from jasco.models.builders import get_flow_matching_model
 from jasco.models.codec import EncodecCompressionModel, convert_weight_norm_keys, encodec_32khz_config
-from jasco.models.loaders import (ModelLoadError, load_chord_vocabulary, load_compression_model, load_jasco,
-                                  load_jasco_model, load_lm_state)
-from jasco.utils.export import export_lm, export_pretrained_compression_model
-from reference_files import CHORD_MAPPING, CODEC_PREFIX, SHAPES, SMALL_REF, assert_close, require
+from jasco.models.loaders import (
+    ModelLoadError,
+    load_chord_vocabulary,
+    load_compression_model,
+    load_jasco,
+    load_jasco_model,
+    load_lm_state,
+)
 
 SMALL_EXPORT = SMALL_REF.parent / "export"
 PUBLISHED_400M = "jasco-chords-drums-400M (solver=jasco/chords_drums, model/lm/model_scale=small)"

@@ -5,11 +5,11 @@ import json
 
 import pytest
 import torch
+from reference_files import SHAPES, require
 from transformers import EncodecModel
 
 from jasco.models.builders import get_flow_matching_model
 from jasco.models.codec import EncodecCompressionModel, encodec_32khz_config
-from reference_files import SHAPES, require
 
 
 def published_models() -> dict:

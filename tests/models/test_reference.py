@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference_files import CODEC_PREFIX, SMALL_REF, assert_close, require
 
 from jasco.data.attributes import ConditioningAttributes, WavCondition
 from jasco.models import flow
 from jasco.models.builders import get_flow_matching_model
 from jasco.models.codec import EncodecCompressionModel
 from jasco.modules.conditioners import temporal_blur
-from reference_files import CODEC_PREFIX, SMALL_REF, assert_close, require
 
 
 class FakeT5Pair:

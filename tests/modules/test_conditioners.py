@@ -6,8 +6,13 @@ import torch
 
 from jasco.data.attributes import WavCondition
 from jasco.models.codec import EncodecCompressionModel
-from jasco.modules.conditioners import (ChordsConditioner, DrumsConditioner, HashedTextConditioner,
-                                        MelodyConditioner, temporal_blur)
+from jasco.modules.conditioners import (
+    ChordsConditioner,
+    DrumsConditioner,
+    HashedTextConditioner,
+    MelodyConditioner,
+    temporal_blur,
+)
 from jasco.modules.fuser import ConditionFuser
 from jasco.modules.transformer import MultiheadAttention, sin_embedding
 

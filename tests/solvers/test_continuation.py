@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from helpers_training import ensure_example, experiment
+
 from jasco.solvers.continuation import ContinuationError
+from jasco.export import export_checkpoint
 
 QUICK = ["solver=jasco/debug", "optim.epochs=1", "generate.every=0", "evaluate.every=0"]
 
@@ -69,10 +70,9 @@ def test_own_checkpoint_wins_over_continue_from(source_run, tmp_path):
 
 
 def test_continue_from_pretrained_export(source_run, tmp_path):
-    export = pytest.importorskip("jasco.utils.export")
     dora_dir, sig, best = source_run
     out = tmp_path / "exported"
-    export.export_checkpoint(dora_dir / "xps" / sig / "checkpoint.th", out)
+    export_checkpoint(dora_dir / "xps" / sig / "checkpoint.th", out)
     solver = start(dora_dir, QUICK + ["optim.lr=3e-4", f"continue_from=//pretrained/{out}"])
     assert_same_weights(solver.model, best)
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from helpers_training import ensure_example, experiment
 
 RUN = ["solver=jasco/debug", "optim.epochs=3", "optim.updates_per_epoch=2", "checkpoint.save_every=1",

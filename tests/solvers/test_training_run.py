@@ -8,7 +8,6 @@ import sys
 
 import soundfile as sf
 import torch
-
 from helpers_training import REPO_ROOT, ensure_example, experiment
 
 CHECKPOINT_KEYS = {"history", "xp.cfg", "xp.sig", "best_state", "fsdp_best_state", "model", "optimizer",

@@ -74,7 +74,7 @@ class DrumsConditioner(BaseConditioner):
 
     def tokenize(self, values: list[WavCondition | None]) -> dict[str, Any]:
         """Collect codes and audio to encode; null rows in a mixed batch become silence."""
-        from jasco.data.audio import convert_audio  # data layer; imported lazily to keep import light
+        from jasco.audio.io import convert_audio  # data layer; imported lazily to keep import light
 
         values = [v if v is not None else WavCondition(wav=None, sample_rate=0) for v in values]
         if all(v.is_null for v in values):
@@ -105,7 +105,7 @@ class DrumsConditioner(BaseConditioner):
     def _encode_codes(self, wav: torch.Tensor) -> torch.Tensor:
         """Codebook-0 codes `[B, T]` of drum audio `[B, 1, N]` (separating drums first if asked)."""
         if self.separate_drums:
-            from jasco.data.stems import separate_drums
+            from jasco.controls.drums.stems import separate_drums
             wav = separate_drums(wav, self.compression_model.sample_rate, model=self.demucs_model)
         return self.compression_model.encode_codes(wav, num_codebooks=1)[:, 0]
 

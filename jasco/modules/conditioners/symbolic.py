@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from jasco.controls.melody.salience import N_MELODY_BINS
 from jasco.modules.conditioners.base import BaseConditioner, ConditionTensor
 
 
@@ -61,7 +62,7 @@ class MelodyConditioner(BaseConditioner):
 
     kind = "symbolic"
 
-    def __init__(self, output_dim: int, card: int = 53, n_frames: int = 500):
+    def __init__(self, output_dim: int, card: int = N_MELODY_BINS, n_frames: int = 500):
         super().__init__(output_dim)
         self.card = card
         self.n_frames = n_frames

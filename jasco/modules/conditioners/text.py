@@ -6,7 +6,6 @@ Shapes: `B` batch, `S` tokens (padded to the longest text of the batch), `E` enc
 from __future__ import annotations
 
 import logging
-import os
 import re
 import zlib
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from jasco import environment
 from jasco.modules.conditioners.base import BaseConditioner, ConditionTensor
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class T5Conditioner(_TextConditioner):
                  normalize_text: bool = False, cache_dir: str | None = None, encoder_dim: int | None = None):
         super().__init__(output_dim, word_dropout, normalize_text)
         self.name, self.finetune = name, finetune
-        self.cache_dir = cache_dir or os.environ.get("JASCO_CACHE_DIR") or None
+        self.cache_dir = cache_dir or environment.cache_dir()
         self.encoder_dim = encoder_dim or self._encoder_dim(name)
         self.output_proj = nn.Linear(self.encoder_dim, output_dim)
         self.__dict__["t5"] = None

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .audio import convert_audio
+from jasco.audio.io import convert_audio
 
 ANALYSIS_RATE = 8000  # partials above 4 kHz add little to pitch-class content
 N_FFT = 4096  # 0.5 s window: ~2 Hz bins, enough to split semitones down to ~MIDI 33

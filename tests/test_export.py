@@ -1,18 +1,23 @@
-"""jasco.utils.export and `jasco-export`: training checkpoints become loadable, equivalent exports."""
+"""jasco.export and `jasco-export`: training checkpoints become loadable, equivalent exports."""
 from __future__ import annotations
 
 import pytest
 import torch
+from helpers_inference import debug_cfg, debug_model, write_training_checkpoint
 from omegaconf import OmegaConf
 
 import jasco
-from helpers_inference import debug_cfg, debug_model, write_training_checkpoint
 from jasco.data.attributes import ConditioningAttributes
+from jasco.export import (
+    export_checkpoint,
+    export_encodec,
+    export_lm,
+    export_pretrained_compression_model,
+    find_checkpoint,
+)
 from jasco.export import main as export_main
 from jasco.models.codec import EncodecCompressionModel
 from jasco.models.loaders import load_compression_model, load_jasco
-from jasco.utils.export import (export_checkpoint, export_encodec, export_lm, export_pretrained_compression_model,
-                                find_checkpoint)
 
 
 @pytest.fixture(scope="module")

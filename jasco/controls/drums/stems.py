@@ -117,7 +117,7 @@ def separate_drums(wav: torch.Tensor, sample_rate: int, model: str | Callable = 
         chunk_s: chunk length for long tracks.
         overlap_s: overlap of consecutive chunks (linear cross-fade).
     """
-    from jasco.data.audio import convert_audio
+    from jasco.audio.io import convert_audio
 
     if wav.dim() not in (2, 3):
         raise ValueError(f"separate_drums expects [B, C, N] or [C, N], got {tuple(wav.shape)}.")

@@ -1,4 +1,4 @@
-"""Tests for jasco.data.info_dataset: sidecar parsing, text augmentation, music datasets."""
+"""Tests for jasco.data.music_dataset: sidecar parsing, text augmentation, music datasets."""
 from __future__ import annotations
 
 import json
@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers_audio import make_audio_dir
-from jasco.data.audio_dataset import AudioMeta, SegmentInfo, build_manifest
-from jasco.data.info_dataset import InfoAudioDataset, MusicDataset, MusicInfo, SidecarError
+
+from jasco.data.audio_dataset import SegmentInfo
+from jasco.data.manifest import AudioMeta, build_manifest
+from jasco.data.music_dataset import InfoAudioDataset, MusicDataset, MusicInfo, SidecarError
 
 
 def _segment(tmp_path: Path) -> SegmentInfo:

@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-N_BINS = 53
+N_MELODY_BINS = 53  # rows of the melody condition: MIDI 43 + k
+MELODY_LOWEST_MIDI = 43
+MELODY_FRAME_RATE = 50  # frames per second of the melody condition (the codec frame rate)
 DEFAULT_SALIENCE_FRAME_RATE = 86.0
 
 
@@ -24,12 +26,12 @@ class SalienceError(ValueError):
 def _orient(array: np.ndarray, path: Path | str) -> np.ndarray:
     """Return `[K, F]`, transposing `[F, K]` when unambiguous."""
     if array.ndim != 2:
-        raise SalienceError(f"Salience in {path} must be 2-D [{N_BINS}, frames], got shape {array.shape}.")
-    if array.shape[0] == N_BINS:
+        raise SalienceError(f"Salience in {path} must be 2-D [{N_MELODY_BINS}, frames], got shape {array.shape}.")
+    if array.shape[0] == N_MELODY_BINS:
         return array
-    if array.shape[1] == N_BINS:
+    if array.shape[1] == N_MELODY_BINS:
         return array.T  # stored time-major [F, K] (published demo matrices)
-    raise SalienceError(f"Salience in {path} has shape {array.shape}: expected {N_BINS} pitch bins "
+    raise SalienceError(f"Salience in {path} has shape {array.shape}: expected {N_MELODY_BINS} pitch bins "
                         f"(MIDI 43..95) on one axis. Re-extract it with the 53-bin pipeline.")
 
 
@@ -78,10 +80,10 @@ def write_salience(path: str | Path, salience: torch.Tensor | np.ndarray, frame_
 
 def one_hot_frames(salience: torch.Tensor) -> torch.Tensor:
     """Keep only the argmax bin of each frame `[K, T]` (set to 1); all-zero frames stay zero."""
-    voiced = salience.max(dim=0).values > 0  # [T]
+    voiced = salience.amax(dim=0) > 0  # [T]
     out = torch.zeros_like(salience, dtype=torch.float32)
-    out[salience.argmax(dim=0), torch.arange(salience.shape[1])] = 1.0
-    return out * voiced[None].float()
+    out[salience.argmax(dim=0)[voiced], torch.nonzero(voiced).squeeze(-1)] = 1.0
+    return out
 
 
 def salience_segment(salience: torch.Tensor, frame_rate: float, seek_time: float, n_frames: int,
@@ -92,8 +94,8 @@ def salience_segment(salience: torch.Tensor, frame_rate: float, seek_time: float
     nearest salience frames; times past the end of the salience are zero (padding); then each
     frame keeps only its argmax bin.
     """
-    if salience.dim() != 2 or salience.shape[0] != N_BINS:
-        raise SalienceError(f"salience must be [{N_BINS}, F], got {tuple(salience.shape)}.")
+    if salience.dim() != 2 or salience.shape[0] != N_MELODY_BINS:
+        raise SalienceError(f"salience must be [{N_MELODY_BINS}, F], got {tuple(salience.shape)}.")
     n_src = salience.shape[1]
     times = seek_time + torch.arange(n_frames, dtype=torch.float64) / target_rate
     pos = times * frame_rate  # fractional source frame index of each target frame
@@ -102,7 +104,7 @@ def salience_segment(salience: torch.Tensor, frame_rate: float, seek_time: float
     hi = (lo + 1).clamp(max=max(n_src - 1, 0))
     frac = (pos - lo.double()).clamp(0, 1).float()
     if n_src == 0:
-        return torch.zeros(N_BINS, n_frames)
+        return torch.zeros(N_MELODY_BINS, n_frames)
     src = salience.float()
     values = src[:, lo] * (1 - frac) + src[:, hi] * frac  # [K, T]
     values = values * valid[None].float()

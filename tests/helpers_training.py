@@ -6,7 +6,7 @@ from pathlib import Path
 
 from jasco.train import experiment  # noqa: F401  (re-exported for the tests)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO_ROOT / "egs" / "example"
 
 

@@ -1,4 +1,4 @@
-"""Tests for jasco.data.chord_recognition and jasco.data.chroma: synthetic progressions, edge
+"""Tests for jasco.controls.chords.recognition and jasco.audio.chroma: synthetic progressions, edge
 inputs, the accuracy of both backends on egs/example, and the CLI."""
 from __future__ import annotations
 
@@ -10,11 +10,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from jasco.data.audio import audio_read
-from jasco.data.chord_recognition import (chordino_available, frame_accuracy, labels_at, main,
-                                          recognize_chords, reduce_majmin, viterbi)
-from jasco.data.chords import ChordVocabulary, parse_chord, read_chord_file
-from jasco.data.chroma import chroma_features
+from jasco.audio.chroma import chroma_features
+from jasco.audio.io import audio_read
+from jasco.controls.chords.progression import read_chord_file
+from jasco.controls.chords.recognition import (
+    chordino_available,
+    frame_accuracy,
+    labels_at,
+    recognize_chords,
+    reduce_majmin,
+    viterbi,
+)
+from jasco.controls.chords.symbols import parse_chord
+from jasco.controls.chords.vocabulary import ChordVocabulary
+from jasco.prepare.chords import main
 
 ROOT = Path(__file__).resolve().parents[2]
 SR = 16000

@@ -14,7 +14,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-MELODY_LOWEST_MIDI = 43
+from jasco.controls.melody.salience import MELODY_LOWEST_MIDI
 
 
 def _mono(wav: torch.Tensor) -> torch.Tensor:

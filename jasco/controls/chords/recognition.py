@@ -5,35 +5,31 @@ labels in the vocabulary's spelling (Chordino style: `C`, `Ebm7`, `C#/E#`; `N` f
 
 - `"chordino"`: the Chordino Vamp plugin (`nnls-chroma`) bundled by `chord-extractor`, the
   extractor of the published JASCO data. Optional extra: `make install-chords` (docs/CHORDS.md).
-- `"templates"`: ours, torch only. Treble and bass chroma (`jasco.data.chroma`), one template per
+- `"templates"`: ours, torch only. Treble and bass chroma (`jasco.audio.chroma`), one template per
   vocabulary chord (chord tones plus their decaying harmonics), a bass term that separates
   inversions and same-note chords (`C6` / `Am7`), `N` for quiet frames, and Viterbi smoothing with
   a penalty per chord change.
 
-CLI: `python -m jasco.data.chord_recognition recognize AUDIO_OR_DIR [--backend templates]` writes
-`<stem>.chords.json` next to each file (or under `--out`); `... vocab CHORD_DIR OUT.json
-[--max-size 194 | --vocabulary published:PATH]` builds the chord -> index map.
+CLI: `python -m jasco.prepare.chords` (chord files for a folder, chord vocabularies).
 
 Shapes: `N` samples, `F` frames, `S` chord states (N first).
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import math
 import os
-import shutil
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .audio import audio_read, convert_audio
-from .chords import (CHORD_INTERVALS, NO_CHORD, ChordSymbol, ChordVocabulary, is_no_chord,
-                     normalize_progression, parse_chord, read_chord_file, write_chord_file)
-from .chroma import ChromaFeatures, chroma_features, db, to_mono
+from jasco.audio.chroma import ChromaFeatures, chroma_features, db, to_mono
+from jasco.audio.io import convert_audio
+from jasco.controls.chords.progression import normalize_progression
+from jasco.controls.chords.symbols import CHORD_INTERVALS, NO_CHORD, ChordSymbol, is_no_chord, parse_chord
+from jasco.controls.chords.vocabulary import ChordVocabulary
 
 BACKENDS = ("chordino", "templates")
 INSTALL_HINT = ("Chordino needs the optional extra `jasco[chords]`; install it with "
@@ -269,97 +265,3 @@ def recognize_chords(wav: torch.Tensor, sample_rate: int, backend: str = "chordi
     if backend == "chordino":
         return recognize_chordino(wav, sample_rate, vocabulary, **kwargs)
     raise ValueError(f"Unknown chord recognition backend {backend!r}; choose one of {BACKENDS}.")
-
-
-AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus")
-
-
-def _audio_files(path: Path) -> list[Path]:
-    """The audio file itself, or the audio files under a folder (stems, e.g. `.drums.wav`, too)."""
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path} is neither an audio file nor a folder.")
-    return sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES
-                  and ".drums." not in p.name)
-
-
-def _cmd_recognize(args: argparse.Namespace) -> int:
-    """Write `<stem>.chords.json` for each audio file; returns the number of failures."""
-    vocabulary = _load_vocabulary(args.vocabulary) if args.vocabulary else None
-    failures = 0
-    for path in _audio_files(args.input):
-        out_dir = args.out if args.out is not None else path.parent
-        target = out_dir / f"{path.stem}.chords.json"
-        if target.exists() and not args.overwrite:
-            print(f"skip {path} ({target} exists)")
-            continue
-        try:
-            wav, sr = audio_read(path)
-            progression = recognize_chords(wav, sr, backend=args.backend, vocabulary=vocabulary)
-        except (OSError, RuntimeError, ValueError) as err:
-            failures += 1
-            print(f"FAILED {path}: {err}", file=sys.stderr)
-            continue
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_chord_file(target, progression)
-        print(f"{path} -> {target} ({len(progression)} changes)")
-    return failures
-
-
-def _load_vocabulary(spec: str) -> ChordVocabulary:
-    """`published:PATH`, `builtin`, or a vocabulary file path."""
-    if spec == "builtin":
-        return ChordVocabulary.builtin()
-    return ChordVocabulary.from_file(spec.removeprefix("published:"))
-
-
-def _cmd_vocab(args: argparse.Namespace) -> int:
-    """Build (or adopt) a chord vocabulary and write it to OUT."""
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    if args.vocabulary:
-        source = Path(args.vocabulary.removeprefix("published:"))
-        vocabulary = ChordVocabulary.from_file(source)  # validates before adopting
-        if source.suffix == args.out.suffix:
-            shutil.copyfile(source, args.out)  # byte-identical: the published indices, unchanged
-        elif args.out.suffix == ".json":
-            vocabulary.save_json(args.out)
-        else:
-            raise ValueError(f"Cannot write vocabulary {args.out}: use a .json name, or "
-                             f"{source.suffix} to copy {source} as is.")
-        print(f"Adopted vocabulary {source} ({vocabulary.card} labels) -> {args.out}")
-        return 0
-    files = sorted(Path(args.chords_dir).rglob("*.chords.json"))
-    if not files:
-        raise FileNotFoundError(f"No *.chords.json files under {args.chords_dir}; run "
-                                "`python -m jasco.data.chord_recognition recognize` first.")
-    vocabulary = ChordVocabulary.from_progressions((read_chord_file(f) for f in files),
-                                                   max_size=args.max_size)
-    vocabulary.save_json(args.out)
-    print(f"Vocabulary of {vocabulary.card} labels from {len(files)} chord files -> {args.out}")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point (`recognize` and `vocab` subcommands)."""
-    parser = argparse.ArgumentParser(prog="python -m jasco.data.chord_recognition",
-                                     description="Chord recognition and chord vocabularies.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    rec = sub.add_parser("recognize", help="write <stem>.chords.json for an audio file or folder")
-    rec.add_argument("input", type=Path)
-    rec.add_argument("--backend", choices=BACKENDS, default="chordino")
-    rec.add_argument("--out", type=Path, default=None, help="folder (default: next to the audio)")
-    rec.add_argument("--vocabulary", default=None, help="builtin | published:PATH | PATH")
-    rec.add_argument("--overwrite", action="store_true")
-    voc = sub.add_parser("vocab", help="build a chord -> index vocabulary from chord files")
-    voc.add_argument("chords_dir", type=Path)
-    voc.add_argument("out", type=Path)
-    voc.add_argument("--max-size", type=int, default=194)
-    voc.add_argument("--vocabulary", default=None,
-                     help="published:PATH adopts that mapping instead (copied to OUT)")
-    args = parser.parse_args(argv)
-    return _cmd_recognize(args) if args.command == "recognize" else _cmd_vocab(args)
-
-
-if __name__ == "__main__":
-    sys.exit(1 if main() else 0)

@@ -8,18 +8,18 @@ import numpy as np
 import pytest
 import torch
 from helpers_prepare import copy_clips, settings
-from jasco.data.audio_dataset import load_manifest
 from hydra import compose, initialize_config_dir
 
-from jasco.data.audio import audio_read
+from jasco.audio.io import audio_read
 from jasco.data.jasco_dataset import JascoDataset
+from jasco.data.latents import LatentCacheError, codec_identity, latent_path, verify_latent_cache
+from jasco.data.manifest import load_manifest
 from jasco.environment import CONFIG_DIR
 from jasco.models import flow
 from jasco.models.builders import get_jasco_model
 from jasco.models.codec import EncodecCompressionModel
+from jasco.models.track_encoding import encode_windowed
 from jasco.prepare.runner import prepare
-from jasco.utils.latent_cache import (LatentCacheError, codec_identity, encode_windowed, latent_path,
-                                      verify_latent_cache)
 
 SEGMENT = 4.0
 

@@ -1,4 +1,4 @@
-"""Tests for jasco.data.hcqt and jasco.data.melody (deepsalience multif0 in torch)."""
+"""Tests for jasco.audio.hcqt and jasco.controls.melody (deepsalience multif0 in torch)."""
 from __future__ import annotations
 
 import math
@@ -8,20 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jasco.data import melody
-from jasco.data.hcqt import amplitude_to_db, filter_lengths, harmonic_cqt, log_hcqt, reflect_indices
-from jasco.data.melody import (
-    LAYERS,
-    MultiF0Salience,
-    SameConv2d,
+from jasco.audio.hcqt import amplitude_to_db, filter_lengths, harmonic_cqt, log_hcqt, reflect_indices
+from jasco.controls.melody.extraction import (
     extract_salience,
-    one_hot_argmax,
     resample_frames,
     resolve_weights,
     run_salience_network,
     salience_to_melody,
-    tf_same_padding,
 )
+from jasco.controls.melody.network import LAYERS, TIME_CONTEXT, MultiF0Salience, SameConv2d, tf_same_padding
+from jasco.controls.melody.salience import one_hot_frames
 
 h5py = pytest.importorskip("h5py", reason="h5py (jasco[melody]) is needed to read Keras weights")
 
@@ -220,7 +216,7 @@ def test_postprocess_argmax_one_hot_and_unvoiced_frames():
     assert out[11].tolist() == [1.0] * 6 + [0.0] * 2
     assert out[1].tolist() == [0.0] * 6 + [1.0] * 2
     x = torch.tensor([[0.0, 0.2, 0.5], [0.0, 0.7, 0.5]])
-    assert one_hot_argmax(x).tolist() == [[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
+    assert one_hot_frames(x).tolist() == [[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
 
 
 def test_time_resampling_uses_integer_86_and_pads_with_zeros():
@@ -310,7 +306,7 @@ def test_same_padding_helper_matches_manual_pad():
     x = torch.randn(1, 2, 80, 7)
     ref = F.conv2d(F.pad(x, (1, 1, 34, 35)), conv.weight, conv.bias)
     torch.testing.assert_close(conv(x), ref)
-    assert melody.TIME_CONTEXT >= 7
+    assert TIME_CONTEXT >= 7
 
 
 def test_very_short_audio(tmp_path: Path):

@@ -6,9 +6,9 @@ import re
 
 import pytest
 import torch
+from jasco.solvers import checkpoint as ckpt
 
-from jasco.utils import checkpoint as ckpt
-from jasco.utils.checkpoint import (
+from jasco.solvers.checkpoint import (
     CheckpointError,
     epoch_checkpoint_path,
     flush_stale_checkpoints,

@@ -2,13 +2,11 @@
 
 Layout (under a dataset folder `OUT`):
 
-    OUT/latents/codec.json                  codec identity (see `codec_identity`)
+    OUT/latents/codec.json                  identity of the codec that wrote them (`codec_identity`)
     OUT/latents/shard_NNNNN/<id>.npy        float16|float32 `[T_total, F]`, raw encoder output
 
-Encoding is windowed (`encode_windowed`): windows of `window_s` seconds overlap by `overlap_s`;
-each output frame comes from the window where it sits at least `overlap_s / 2` from the window's
-edges, so results match whole-track encoding away from the track's own edges (the encoder's
-convolutions see the same context; its LSTM state is warmed up by `overlap_s / 2` seconds).
+The latents are written by `python -m jasco.prepare` with `jasco.models.track_encoding` and read
+here, a segment at a time, by the dataset (`read_latent_segment`).
 
 Shapes: `C` channels, `N` samples, `T` latent frames (50 per second), `F` latent dim (128).
 """
@@ -18,16 +16,17 @@ import hashlib
 import inspect
 import io
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from jasco.models.codec import EncodecCompressionModel
+from jasco.data.side_files import SideFileError
 
 CODEC_FILE = "codec.json"
+LATENT_DIM = 128  # EnCodec 32 kHz latent width F
 NUM_SHARD_FOLDERS = 256
 
 
@@ -68,7 +67,7 @@ def _architecture(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(data, sort_keys=True))  # tuples -> lists, as stored in codec.json
 
 
-def codec_identity(codec: EncodecCompressionModel) -> dict[str, Any]:
+def codec_identity(codec: nn.Module) -> dict[str, Any]:
     """Config, weight hash and latent normalisation of a codec: what makes two caches compatible."""
     return {
         "config": _architecture(codec.model.config),
@@ -80,53 +79,6 @@ def codec_identity(codec: EncodecCompressionModel) -> dict[str, Any]:
         "latent_dim": codec.latent_dim,
         "stored": "raw",
     }
-
-
-def _to_codec_input(wav: torch.Tensor, sample_rate: int, codec: EncodecCompressionModel) -> torch.Tensor:
-    """`[C, N]` at `sample_rate` -> `[1, C', N']` at the codec's rate and channel count (as the datasets convert)."""
-    from jasco.data.audio import convert_audio
-
-    if wav.dim() != 2:
-        raise ValueError(f"audio must be [C, N], got shape {tuple(wav.shape)}.")
-    return convert_audio(wav.float(), sample_rate, codec.sample_rate, codec.channels)[None]
-
-
-@torch.no_grad()
-def encode_windowed(codec: EncodecCompressionModel, wav: torch.Tensor, window_s: float = 20.0,
-                    overlap_s: float = 4.0) -> torch.Tensor:
-    """Raw latents `[T, F]` of codec-rate audio `[1, C, N]`, `T = ceil(N / hop)`, encoded window by window.
-
-    Args:
-        codec: the training codec.
-        wav: audio at the codec's sample rate and channel count.
-        window_s: window length; a track no longer than it is encoded in one call.
-        overlap_s: overlap of consecutive windows (each side keeps half of it as context).
-    """
-    hop = codec.hop_length
-    n = wav.shape[-1]
-    total = math.ceil(n / hop)
-    window = max(1, int(round(window_s * codec.frame_rate)))  # in frames
-    half = int(round(overlap_s * codec.frame_rate / 2))
-    if total <= window:
-        return codec.encode_latents(wav)[0].float().cpu()
-    if window <= 2 * half:
-        raise ValueError(f"window_s={window_s} must exceed overlap_s={overlap_s}.")
-    out = torch.empty(total, codec.latent_dim)
-    keep_start = 0  # first frame not yet written
-    while keep_start < total:
-        start = max(0, keep_start - half)  # window start, in frames; frames are hop-aligned
-        stop = min(total, start + window)
-        latents = codec.encode_latents(wav[..., start * hop: stop * hop])[0].float().cpu()  # [stop-start, F]
-        keep_stop = stop if stop == total else stop - half
-        out[keep_start:keep_stop] = latents[keep_start - start: keep_stop - start]
-        keep_start = keep_stop
-    return out
-
-
-def encode_track(codec: EncodecCompressionModel, wav: torch.Tensor, sample_rate: int,
-                 window_s: float = 20.0, overlap_s: float = 4.0) -> torch.Tensor:
-    """Raw latents `[T, F]` of a whole track `[C, N]` at `sample_rate` (converted like the datasets do)."""
-    return encode_windowed(codec, _to_codec_input(wav, sample_rate, codec), window_s, overlap_s)
 
 
 def write_latents(path: str | Path, latents: torch.Tensor, dtype: str = "float16") -> Path:
@@ -142,7 +94,7 @@ def write_latents(path: str | Path, latents: torch.Tensor, dtype: str = "float16
     return path
 
 
-def is_valid_latents(path: str | Path, n_frames: int | None = None, latent_dim: int = 128) -> bool:
+def is_valid_latents(path: str | Path, n_frames: int | None = None, latent_dim: int = LATENT_DIM) -> bool:
     """True when `path` is a readable `[T, latent_dim]` array (with `T == n_frames` when given)."""
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -153,7 +105,7 @@ def is_valid_latents(path: str | Path, n_frames: int | None = None, latent_dim: 
     return n_frames is None or array.shape[0] == n_frames
 
 
-def write_codec_identity(root: str | Path, codec: EncodecCompressionModel) -> dict[str, Any]:
+def write_codec_identity(root: str | Path, codec: nn.Module) -> dict[str, Any]:
     """Write `root/codec.json`; refuses to overwrite the identity of another codec."""
     root = Path(root)
     identity = codec_identity(codec)
@@ -194,7 +146,7 @@ def find_codec_file(manifest_or_dir: str | Path) -> Path:
         if (folder / CODEC_FILE).is_file():
             return folder / CODEC_FILE
     # Fall back to the folder of the first latents file named by the manifest.
-    from jasco.data.audio_dataset import load_manifest
+    from jasco.data.manifest import load_manifest
 
     for meta in load_manifest(path):
         latents = meta.get_path("latents_path")
@@ -206,7 +158,7 @@ def find_codec_file(manifest_or_dir: str | Path) -> Path:
                            "(written by `python -m jasco.prepare`).")
 
 
-def verify_latent_cache(manifest_or_dir: str | Path, codec: EncodecCompressionModel) -> dict[str, Any]:
+def verify_latent_cache(manifest_or_dir: str | Path, codec: nn.Module) -> dict[str, Any]:
     """Check that the latent cache of a dataset was made with `codec`; returns the stored identity.
 
     Raises:
@@ -216,3 +168,20 @@ def verify_latent_cache(manifest_or_dir: str | Path, codec: EncodecCompressionMo
     stored = _read_identity(where)
     check_identity(stored, codec_identity(codec), where)
     return stored
+
+
+def read_latent_segment(path: str | Path, seek_time: float, n_frames: int, frame_rate: float = 50.0) -> torch.Tensor:
+    """Latent frames `[T, F]` starting at `seek_time` from a `.npy` `[T_total, F]`, zero-padded at the end."""
+    path = Path(path)
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:
+        raise SideFileError(f"Cannot read latents file {path}: {exc}") from exc
+    if array.ndim != 2 or array.shape[1] != LATENT_DIM:
+        raise SideFileError(f"Latents file {path} has shape {array.shape}; expected [frames, {LATENT_DIM}] "
+                            f"at {frame_rate:g} frames/s.")
+    start = int(round(seek_time * frame_rate))
+    chunk = np.array(array[start:start + n_frames], dtype=np.float32)  # reads only this slice (a copy)
+    out = torch.zeros(n_frames, LATENT_DIM)
+    out[:chunk.shape[0]] = torch.from_numpy(chunk)
+    return out

@@ -1,4 +1,4 @@
-"""Tests for jasco.data.chords: parsing, vocabularies, chord files and frame indices."""
+"""Tests for jasco.controls.chords: parsing, vocabularies, chord files and frame indices."""
 from __future__ import annotations
 
 import json
@@ -10,14 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from jasco.data.chords import (
-    ChordSymbol,
-    ChordVocabulary,
-    frame_chords,
-    parse_chord,
-    read_chord_file,
-    write_chord_file,
-)
+from jasco.controls.chords.progression import read_chord_file, write_chord_file
+from jasco.controls.chords.symbols import ChordSymbol, parse_chord
+from jasco.controls.chords.vocabulary import ChordVocabulary, frame_chords
 
 PUBLISHED = Path(__file__).resolve().parents[3] / "shared/reference/chord_to_index_mapping.pkl"
 

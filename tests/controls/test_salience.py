@@ -1,4 +1,4 @@
-"""Tests for jasco.data.salience: file formats, resampling to 50 fps, one-hot frames, errors."""
+"""Tests for jasco.controls.melody.salience: file formats, resampling to 50 fps, one-hot frames, errors."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,13 +7,19 @@ import numpy as np
 import pytest
 import torch
 
-from jasco.data.salience import (N_BINS, SalienceError, one_hot_frames, read_salience, salience_segment,
-                                 write_salience)
+from jasco.controls.melody.salience import (
+    N_MELODY_BINS,
+    SalienceError,
+    one_hot_frames,
+    read_salience,
+    salience_segment,
+    write_salience,
+)
 
 
 def _pattern(n_frames: int, rate: float, changes: list[tuple[float, int | None]]) -> torch.Tensor:
     """One-hot `[53, F]` holding bin b (None = unvoiced) from each (time, b) until the next change."""
-    sal = torch.zeros(N_BINS, n_frames)
+    sal = torch.zeros(N_MELODY_BINS, n_frames)
     times = torch.arange(n_frames) / rate
     for i, (start, b) in enumerate(changes):
         end = changes[i + 1][0] if i + 1 < len(changes) else float("inf")
@@ -23,7 +29,7 @@ def _pattern(n_frames: int, rate: float, changes: list[tuple[float, int | None]]
 
 
 def test_npz_round_trip_and_orientation(tmp_path: Path) -> None:
-    sal = torch.rand(N_BINS, 40)
+    sal = torch.rand(N_MELODY_BINS, 40)
     path = write_salience(tmp_path / "song.salience.npz", sal, 86.0)
     back, rate = read_salience(path)
     assert rate == 86.0 and torch.allclose(back, sal)
@@ -55,7 +61,7 @@ def test_86fps_pattern_lands_in_right_50fps_frames() -> None:
     # 3 s at 86 fps: bin 5 from 0 s, unvoiced from 1 s, bin 40 from 1.5 s, bin 12 from 2.2 s.
     sal = _pattern(258, 86.0, [(0.0, 5), (1.0, None), (1.5, 40), (2.2, 12)])
     out = salience_segment(sal, 86.0, seek_time=0.0, n_frames=150)
-    assert out.shape == (N_BINS, 150)
+    assert out.shape == (N_MELODY_BINS, 150)
     assert torch.all(out.sum(0) <= 1)
     active = [int(out[:, j].argmax()) if out[:, j].sum() > 0 else None for j in range(150)]
     # Away from the change points (one source frame ~ 0.6 target frame), labels are exact.
@@ -75,7 +81,7 @@ def test_segment_seek_and_padding() -> None:
 
 def test_one_hot_keeps_argmax_and_silence() -> None:
     frames = torch.tensor([[0.2, 0.0, 0.9], [0.7, 0.0, 0.1], [0.1, 0.0, 0.5]])
-    frames = torch.cat([frames, torch.zeros(N_BINS - 3, 3)])
+    frames = torch.cat([frames, torch.zeros(N_MELODY_BINS - 3, 3)])
     out = one_hot_frames(frames)
     assert out[:3].tolist() == [[0, 0, 1], [1, 0, 0], [0, 0, 0]]
     assert out.sum() == 2

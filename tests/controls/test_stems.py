@@ -6,10 +6,10 @@ import importlib.util
 import pytest
 import torch
 from helpers_prepare import copy_clips, settings
-from jasco.data.audio_dataset import load_manifest
 
+from jasco.controls.drums.stems import find_drum_stem, separate_chunked, separate_drums
 from jasco.data.jasco_dataset import JascoDataset
-from jasco.data.stems import find_drum_stem, separate_chunked, separate_drums
+from jasco.data.manifest import load_manifest
 from jasco.models.codec import EncodecCompressionModel
 from jasco.modules.conditioners.drums import DrumsConditioner
 from jasco.prepare.runner import prepare

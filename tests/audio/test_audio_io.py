@@ -1,4 +1,4 @@
-"""Tests for jasco.data.audio: round trips, seeking, probing, normalisation, conversion, errors."""
+"""Tests for jasco.audio.io: round trips, seeking, probing, normalisation, conversion, errors."""
 from __future__ import annotations
 
 import math
@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 import torch
-
-from jasco.data.audio import (AudioReadError, audio_info, audio_read, audio_write, convert_audio,
-                              loudness, normalize_audio)
 from helpers_audio import encode_with_av, ramp, sine, write_wav
+
+from jasco.audio.io import AudioReadError, audio_info, audio_read, audio_write, convert_audio, loudness, normalize_audio
 
 
 @pytest.mark.parametrize("suffix", [".wav", ".flac"])
