@@ -1,4 +1,4 @@
-"""Export trained models in the published JASCO format (JASCO_SPEC §6).
+"""Export trained models in the published JASCO format (docs/MODEL.md, "Exported model").
 
 An exported folder holds:
 - `state_dict.bin`: `{'best_state': model state_dict, 'xp.cfg': YAML string of the resolved
@@ -32,8 +32,14 @@ from transformers import EncodecConfig
 import jasco
 from jasco import environment
 from jasco.models.builders import get_compression_model
-from jasco.models.codec import EncodecCompressionModel
-from jasco.models.loaders import CODEC_FILE, CODEC_PREFIX, MODEL_FILE, read_checkpoint
+from jasco.models.codec import (
+    PUBLISHED_LATENT_MEAN,
+    PUBLISHED_LATENT_STD,
+    EncodecCompressionModel,
+    codec_source_name,
+    is_hub_codec,
+)
+from jasco.models.loaders import CODEC_FILE, CODEC_PREFIX, MODEL_FILE, best_state_of, read_checkpoint
 from jasco.solvers.checkpoint import SIG_PREFIX, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -112,18 +118,6 @@ def find_checkpoint(sig_or_path: str | os.PathLike, dora_dir: str | os.PathLike 
     return resolve_checkpoint(SIG_PREFIX + text, root)
 
 
-def best_state_of(checkpoint: dict, source: str | os.PathLike = "checkpoint") -> dict[str, torch.Tensor]:
-    """Model weights of a training checkpoint: `fsdp_best_state` when non-empty, else `best_state`."""
-    for key in ("fsdp_best_state", "best_state"):
-        state = checkpoint.get(key)
-        if isinstance(state, dict) and isinstance(state.get("model"), dict):
-            state = state["model"]
-        if isinstance(state, dict) and state:
-            return state
-    raise ValueError(f"{source} has no best state ('best_state' / 'fsdp_best_state' with a 'model' state_dict); "
-                     "export a checkpoint written after at least one validated epoch.")
-
-
 def _checkpoint_cfg(checkpoint: dict, source: Path) -> DictConfig:
     raw = checkpoint.get("xp.cfg")
     if not isinstance(raw, (str, dict)):
@@ -138,13 +132,11 @@ def export_codec_of(cfg: DictConfig, model_state: dict[str, torch.Tensor], out_f
     `debug` → full copy (the weights embedded in `model_state` when present: those are exactly the
     ones the run used).
     """
-    source = str(cfg.get("compression_model_checkpoint") or "//pretrained/facebook/encodec_32khz")
-    name = source[len("//pretrained/"):] if source.startswith("//pretrained/") else source
-    is_local = name in ("debug", "//debug") or Path(name).expanduser().is_dir()
-    if not is_local:
-        return export_pretrained_compression_model(name, out_file)
-    norm = {"latent_mean": float(cfg.get("compression_model_latent_mean", -0.0074)),
-            "latent_std": float(cfg.get("compression_model_latent_std", 4.0102))}
+    source = cfg.get("compression_model_checkpoint")
+    if is_hub_codec(source):
+        return export_pretrained_compression_model(codec_source_name(source), out_file)
+    norm = {"latent_mean": float(cfg.get("compression_model_latent_mean", PUBLISHED_LATENT_MEAN)),
+            "latent_std": float(cfg.get("compression_model_latent_std", PUBLISHED_LATENT_STD))}
     if any(k.startswith(CODEC_PREFIX) for k in model_state):
         codec = EncodecCompressionModel.from_state_dict(model_state, prefix=CODEC_PREFIX, **norm)
     else:

@@ -10,7 +10,7 @@ from jasco.models.codec import EncodecCompressionModel
 
 REF_PATH = Path("/work/shared/reference/small_ref/ref.pt")
 SHAPES_PATH = Path("/work/shared/reference/state_dict_shapes.json")
-# Where a JASCO checkpoint stores the frozen codec (JASCO_SPEC §6).
+# Where a JASCO checkpoint stores the frozen codec (docs/MODEL.md, "State dict layout").
 CODEC_PREFIX = "condition_provider.conditioners.self_wav.compression_model.model."
 
 

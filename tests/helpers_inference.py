@@ -39,7 +39,7 @@ def export_model(model: FlowMatchingModel, out_dir: Path) -> Path:
 
 def write_training_checkpoint(path: Path, state: dict[str, torch.Tensor], cfg_yaml: str,
                               fsdp_state: dict[str, torch.Tensor] | None = None) -> Path:
-    """A `checkpoint.th` with the training layout of JASCO_SPEC §6 (the model state is a decoy)."""
+    """A `checkpoint.th` with the training layout (docs/MODEL.md, "Training checkpoint"); the model state is a decoy."""
     decoy = {k: torch.zeros_like(v) for k, v in state.items()}
     torch.save({"history": [{"train": {"loss": 1.0}}], "xp.cfg": cfg_yaml, "xp.sig": "abc123",
                 "best_state": {"model": state}, "fsdp_best_state": {"model": fsdp_state or {}},

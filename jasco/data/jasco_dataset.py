@@ -58,7 +58,7 @@ class JascoDataset(MusicDataset):
     """Returns `(wav [C, N], JascoInfo)`: a MusicDataset item plus aligned JASCO conditions.
 
     Args:
-        chords_vocabulary: a ChordVocabulary, "builtin", a vocabulary file, or None to disable chords.
+        chords_vocabulary: a ChordVocabulary, a spec (`builtin`, `published:PATH`, PATH), or None to disable chords.
         use_chords / use_melody / use_drums: read that condition when its side file exists.
         melody_frame_rate: frame rate of `.npy` salience files (`.npz` store their own).
         frame_rate: latent frames per second (T = duration * frame_rate).
@@ -70,8 +70,7 @@ class JascoDataset(MusicDataset):
                  melody_frame_rate: float = 86.0, frame_rate: float = 50.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if isinstance(chords_vocabulary, str):
-            chords_vocabulary = (ChordVocabulary.builtin() if chords_vocabulary == "builtin"
-                                 else ChordVocabulary.from_file(chords_vocabulary))
+            chords_vocabulary = ChordVocabulary.from_spec(chords_vocabulary)
         self.chords_vocabulary = chords_vocabulary
         self.use_chords = use_chords and chords_vocabulary is not None
         self.use_melody = use_melody
@@ -87,14 +86,14 @@ class JascoDataset(MusicDataset):
         return int(round(seconds * self.frame_rate))
 
     def _chords(self, meta: AudioMeta, seek_time: float, n_frames: int) -> torch.Tensor | None:
-        path = find_side_file(meta, "chords_path", CHORDS_SUFFIXES)
+        path = find_side_file(meta.path, "chords_path", CHORDS_SUFFIXES, meta.get_path("chords_path"))
         if path is None:
             return None
         progression = read_chord_file(path)
         return frame_chords(progression, self.chords_vocabulary, n_frames, self.frame_rate, offset_s=seek_time)
 
     def _melody(self, meta: AudioMeta, seek_time: float, n_frames: int) -> torch.Tensor | None:
-        path = find_side_file(meta, "salience_path", SALIENCE_SUFFIXES)
+        path = find_side_file(meta.path, "salience_path", SALIENCE_SUFFIXES, meta.get_path("salience_path"))
         if path is None:
             return None
         salience, rate = read_salience(path, default_frame_rate=self.melody_frame_rate)
@@ -107,7 +106,7 @@ class JascoDataset(MusicDataset):
             codes = read_code_segment(codes_path, info.seek_time, self.n_latent_frames(info), self.frame_rate)
             return WavCondition(wav=None, sample_rate=info.sample_rate, path=str(codes_path),
                                 seek_time=info.seek_time, codes=codes)
-        path = find_side_file(meta, "drums_path", DRUMS_SUFFIXES)
+        path = find_side_file(meta.path, "drums_path", DRUMS_SUFFIXES, meta.get_path("drums_path"))
         if path is None:
             return None
         duration = -1.0 if self.segment_duration is None else self.segment_duration

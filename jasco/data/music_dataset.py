@@ -1,4 +1,4 @@
-"""Music metadata from `.json` sidecars, text augmentation (JASCO_SPEC §4) and the music datasets.
+"""Music metadata from `.json` sidecars, text augmentation (docs/MODEL.md, "Text augmentation") and the music datasets.
 
 Shapes: `C` channels, `N` samples.
 """
@@ -122,7 +122,7 @@ class MusicInfo(SegmentInfo):
 
     def augment_text(self, merge_text_p: float = 0.0, drop_desc_p: float = 0.0, drop_other_p: float = 0.0,
                      generator: torch.Generator | None = None) -> "MusicInfo":
-        """A copy whose description is augmented as in JASCO_SPEC §4 (deterministic given generator).
+        """A copy with an augmented description (docs/MODEL.md, "Text augmentation"); deterministic given generator.
 
         With probability `merge_text_p`, metadata text is built (each field kept with probability
         `drop_other_p`, as in the published recipe despite the name) and the original description

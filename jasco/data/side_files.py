@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from jasco.controls.drums.stems import STEM_SUFFIXES
-from jasco.data.manifest import AudioMeta
 
 SALIENCE_SUFFIXES = (".salience.npz", ".salience.npy")
 CHORDS_SUFFIXES = (".chords.json",)
@@ -17,19 +16,19 @@ class SideFileError(ValueError):
     """A side file (chords, salience, drums, latents) is missing where declared or is invalid."""
 
 
-def find_side_file(meta: AudioMeta, field_name: str, suffixes: tuple[str, ...]) -> Path | None:
-    """The side file named in the manifest line, else the first `<stem><suffix>` that exists."""
-    explicit = meta.get_path(field_name)
+def find_side_file(audio_path: str | Path, field_name: str, suffixes: tuple[str, ...],
+                   explicit: str | Path | None = None) -> Path | None:
+    """`explicit` (the path a manifest line gives in `field_name`), else the first existing
+    `<audio stem><suffix>` next to the audio, else None.
+
+    Raises:
+        SideFileError: `explicit` is given and does not exist.
+    """
     if explicit is not None:
         path = Path(explicit)
         if not path.exists():
-            raise SideFileError(f"'{field_name}' of {meta.path} points to {path}, which does not exist; "
+            raise SideFileError(f"'{field_name}' of {audio_path} points to {path}, which does not exist; "
                                 "fix or remove that field of the manifest line.")
         return path
-    audio = Path(meta.path)
-    stem = audio.with_suffix("")
-    for suffix in suffixes:
-        candidate = stem.parent / (stem.name + suffix)
-        if candidate.exists():
-            return candidate
-    return None
+    stem = Path(audio_path).with_suffix("")
+    return next((c for s in suffixes if (c := stem.parent / (stem.name + s)).is_file()), None)

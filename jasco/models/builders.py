@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from jasco.controls.melody.salience import N_MELODY_BINS
-from jasco.models.codec import EncodecCompressionModel
+from jasco.models.codec import PUBLISHED_LATENT_MEAN, PUBLISHED_LATENT_STD, EncodecCompressionModel
 from jasco.models.flow_matching import FlowMatchingModel
 from jasco.modules.conditioners import (
     BaseConditioner,
@@ -108,16 +108,12 @@ def get_condition_fuser(cfg: DictConfig | dict) -> ConditionFuser:
 
 # ---------------------------------------------------------------- codec
 def get_compression_model(cfg: DictConfig | dict) -> EncodecCompressionModel:
-    """The frozen codec named by `compression_model_checkpoint` ('debug', `//pretrained/NAME`, a dir)."""
+    """The frozen codec named by `compression_model_checkpoint` (`codec_source_name` lists the forms)."""
     cfg = _to_dict(cfg)
-    source = cfg.get("compression_model_checkpoint") or "//pretrained/facebook/encodec_32khz"
-    norm = {"latent_mean": cfg.get("compression_model_latent_mean", -0.0074),
-            "latent_std": cfg.get("compression_model_latent_std", 4.0102)}
-    if source == "debug" or source == "//debug":
-        return EncodecCompressionModel.debug(**norm)
-    if source.startswith("//pretrained/"):
-        source = source[len("//pretrained/"):]
-    return EncodecCompressionModel.from_pretrained(source, **norm)
+    return EncodecCompressionModel.from_source(
+        cfg.get("compression_model_checkpoint"),
+        latent_mean=cfg.get("compression_model_latent_mean", PUBLISHED_LATENT_MEAN),
+        latent_std=cfg.get("compression_model_latent_std", PUBLISHED_LATENT_STD))
 
 
 # ---------------------------------------------------------------- flow model

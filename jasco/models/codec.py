@@ -26,8 +26,33 @@ _HUB_HELP = (
 )
 
 
+# The codec of the published models and the latent normalisation they were trained with.
+DEFAULT_CODEC_SOURCE = "//pretrained/facebook/encodec_32khz"
+PUBLISHED_LATENT_MEAN = -0.0074
+PUBLISHED_LATENT_STD = 4.0102
+DEBUG_CODEC = "debug"
+
+
+def codec_source_name(source: str | os.PathLike | None) -> str:
+    """The codec a `compression_model_checkpoint` value names: `debug`, a hub repo id or a folder.
+
+    Accepted values: `debug` / `//debug` (a tiny random codec for tests), `//pretrained/NAME` or
+    `NAME` (a hub repo id or a local folder); None means the published codec.
+    """
+    text = str(source) if source is not None and str(source) else DEFAULT_CODEC_SOURCE
+    if text in (DEBUG_CODEC, "//" + DEBUG_CODEC):
+        return DEBUG_CODEC
+    return text.removeprefix("//pretrained/")
+
+
+def is_hub_codec(source: str | os.PathLike | None) -> bool:
+    """True when a codec source names a hub repo id (not `debug`, not an existing local folder)."""
+    name = codec_source_name(source)
+    return name != DEBUG_CODEC and not Path(name).expanduser().is_dir()
+
+
 def encodec_32khz_config(**overrides) -> EncodecConfig:
-    """The published `facebook/encodec_32khz` config (JASCO_SPEC §1), with optional overrides."""
+    """The published `facebook/encodec_32khz` config (docs/MODEL.md, "Codec latents"), with optional overrides."""
     fields = dict(
         sampling_rate=32000, audio_channels=1, hidden_size=128, num_filters=64,
         num_residual_layers=1, upsampling_ratios=[8, 5, 4, 4], norm_type="weight_norm",
@@ -163,7 +188,7 @@ class EncodecCompressionModel(nn.Module):
         frozen: freeze the codec (no gradients, eval mode); JASCO always does.
     """
 
-    def __init__(self, model: EncodecModel, latent_mean: float = -0.0074, latent_std: float = 4.0102,
+    def __init__(self, model: EncodecModel, latent_mean: float = PUBLISHED_LATENT_MEAN, latent_std: float = PUBLISHED_LATENT_STD,
                  frozen: bool = True) -> None:
         super().__init__()
         if latent_std <= 0:
@@ -218,6 +243,15 @@ class EncodecCompressionModel(nn.Module):
             ) from err
         _check_loading_info(info, name_or_dir)
         return cls(model, **kwargs)
+
+    @classmethod
+    def from_source(cls, source: str | os.PathLike | None, cache_dir: str | None = None,
+                    **kwargs) -> EncodecCompressionModel:
+        """The codec a `compression_model_checkpoint` value names (see `codec_source_name`)."""
+        name = codec_source_name(source)
+        if name == DEBUG_CODEC:
+            return cls.debug(**kwargs)
+        return cls.from_pretrained(name, cache_dir=cache_dir, **kwargs)
 
     @classmethod
     def from_state_dict(cls, state_dict: dict[str, torch.Tensor], prefix: str = "",

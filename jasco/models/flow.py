@@ -1,6 +1,6 @@
 """Flow matching in one place: interpolation path, target, loss weighting, ODE solvers, guidance.
 
-Training, inference and tests all import from here (JASCO_SPEC §4-5).
+Training, inference and tests all import from here (docs/MODEL.md, "Flow matching", "Sampling", "Guidance").
 Shapes: `B` batch, `T` latent frames, `F` flow dim.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""FlowMatchingModel: the JASCO network (JASCO_SPEC §3) with multi-source guided sampling (§5).
+"""FlowMatchingModel: the JASCO network with multi-source guided sampling (docs/MODEL.md, "Network", "Guidance").
 
 Shapes: `B` batch, `T` latent frames, `F` flow dim (128), `D` model width, `S` text tokens.
 """
@@ -17,7 +17,7 @@ from jasco.modules.dropout import AttributeDropout, ClassifierFreeGuidanceDropou
 from jasco.modules.fuser import ConditionFuser
 from jasco.modules.transformer import Transformer, init_layer_, sin_embedding
 
-# Temporal controls concatenated to the latents, in this order (JASCO_SPEC §3.1).
+# Temporal controls concatenated to the latents, in this order (docs/MODEL.md, "Network").
 TEMPORAL_CONDITIONS = ("chords", "self_wav", "melody")
 
 

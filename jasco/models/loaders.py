@@ -7,7 +7,7 @@ A source (`src`) is one of:
 - a file: an exported `state_dict.bin` (or a training `checkpoint.th`), or a codec file.
 
 Files are read with `torch.load(weights_only=True)` only: nothing arbitrary is unpickled.
-File formats: JASCO_SPEC §6 and docs/INFERENCE.md.
+File formats: docs/MODEL.md, "Checkpoints", and docs/INFERENCE.md.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import EncodecConfig
 
 from jasco import environment
-from jasco.controls.chords.vocabulary import ChordVocabulary
+from jasco.controls.chords.vocabulary import ChordVocabulary, vocabulary_file
 from jasco.models.builders import get_compression_model, get_flow_matching_model
 from jasco.models.codec import EncodecCompressionModel, convert_weight_norm_keys
 from jasco.models.flow_matching import FlowMatchingModel
@@ -86,7 +86,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"cannot read {path}: it is corrupt or truncated, or not a torch.save file ({err}). "
             "Download or export it again.") from err
     if not isinstance(package, dict):
-        raise ModelLoadError(f"{path} holds a {type(package).__name__}, expected a dict (JASCO_SPEC §6).")
+        raise ModelLoadError(f"{path} holds a {type(package).__name__}, expected a dict "
+                             "(docs/MODEL.md, 'Checkpoints').")
     return package
 
 
@@ -139,7 +140,8 @@ def resolve_file(src: str | os.PathLike, filename: str, cache_dir: str | os.Path
 def _cfg_from_package(package: dict, path: Path) -> DictConfig:
     raw = package.get("xp.cfg")
     if raw is None:
-        raise ModelLoadError(f"{path} has no 'xp.cfg': a JASCO checkpoint carries its config (JASCO_SPEC §6).")
+        raise ModelLoadError(f"{path} has no 'xp.cfg': a JASCO checkpoint carries its config "
+                             "(docs/MODEL.md, 'Checkpoints').")
     try:
         cfg = OmegaConf.create(raw) if isinstance(raw, (str, dict)) else None
     except Exception as err:
@@ -149,18 +151,26 @@ def _cfg_from_package(package: dict, path: Path) -> DictConfig:
     return cfg
 
 
-def _state_from_package(package: dict, path: Path) -> dict[str, torch.Tensor]:
-    """Model weights of an export (`best_state` = state_dict) or a training checkpoint (`{'model': sd}`)."""
+def best_state_of(package: dict, source: str | os.PathLike = "checkpoint") -> dict[str, torch.Tensor]:
+    """The model weights a checkpoint holds, from any of the layouts this project reads.
+
+    An export's `best_state` is the state_dict itself; a training checkpoint's is
+    `{'model': state_dict}`; published training checkpoints written with FSDP keep it under
+    `fsdp_best_state` (read first when non-empty).
+
+    Raises:
+        ModelLoadError: no non-empty best state, or one that is not name -> tensor.
+    """
     for key in ("fsdp_best_state", "best_state"):
         state = package.get(key)
         if isinstance(state, dict) and isinstance(state.get("model"), dict):
             state = state["model"]
         if isinstance(state, dict) and state:
             if not all(isinstance(v, torch.Tensor) for v in state.values()):
-                raise ModelLoadError(f"'{key}' of {path} is not a state_dict (name -> tensor).")
+                raise ModelLoadError(f"'{key}' of {source} is not a state_dict (name -> tensor).")
             return state
-    raise ModelLoadError(f"{path} has no model weights: expected 'best_state' (an exported state_dict, "
-                          "or a training checkpoint's {'model': state_dict}).")
+    raise ModelLoadError(f"{source} has no best state yet: expected 'best_state' (an exported state_dict, or a "
+                         "training checkpoint's {'model': state_dict} written after at least one validated epoch).")
 
 
 def load_lm_state(src: str | os.PathLike, cache_dir: str | os.PathLike | None = None
@@ -171,7 +181,7 @@ def load_lm_state(src: str | os.PathLike, cache_dir: str | os.PathLike | None = 
     """
     path = resolve_file(src, MODEL_FILE, cache_dir)
     package = read_checkpoint(path)
-    return _state_from_package(package, path), _cfg_from_package(package, path), path
+    return best_state_of(package, path), _cfg_from_package(package, path), path
 
 
 # ---------------------------------------------------------------- codec
@@ -196,18 +206,12 @@ def codec_from_package(package: dict, source: str | os.PathLike, cache_dir: str 
         **norm: `latent_mean` / `latent_std`, overriding those of a full export.
     """
     if "pretrained" in package:
-        name = package["pretrained"]
-        if name in ("debug", "//debug"):
-            return EncodecCompressionModel.debug(**norm)
-        name = name[len("//pretrained/"):] if name.startswith("//pretrained/") else name
-        return EncodecCompressionModel.from_pretrained(name, cache_dir=cache_dir, **norm)
+        return EncodecCompressionModel.from_source(package["pretrained"], cache_dir=cache_dir, **norm)
     if "best_state" not in package:
         raise ModelLoadError(f"{source} is neither a codec pointer ({{'pretrained': name}}) nor a full codec "
                               "export ('best_state' + 'xp.cfg').")
     cfg = _cfg_from_package(package, Path(source)) if "xp.cfg" in package else OmegaConf.create({})
-    state = package["best_state"]
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
+    state = best_state_of(package, source)
     encodec = cfg.get("encodec")
     config = EncodecConfig(**OmegaConf.to_container(encodec)) if encodec is not None else None
     try:
@@ -315,12 +319,10 @@ def load_chord_vocabulary(cfg: DictConfig | dict | None = None,
     if chords_mapping_path is not None:
         return ChordVocabulary.from_file(chords_mapping_path)
     name = (cfg or {}).get("chords_vocabulary")
-    if name == "builtin":
-        return ChordVocabulary.builtin()
     if isinstance(name, str):
-        path = Path(name.split(":", 1)[1] if name.startswith("published:") else name).expanduser()
-        if path.is_file():
-            return ChordVocabulary.from_file(path)
+        path = vocabulary_file(name)
+        if path is None or path.is_file():
+            return ChordVocabulary.from_spec(name)
         warnings.warn(f"the model was trained with the chord vocabulary {name!r}, which is not available here; "
                       "using the builtin one. Pass chords_mapping_path= (--chords-mapping) to that file.",
                       stacklevel=2)

@@ -106,7 +106,7 @@ _ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}
 
 
 class Transformer(nn.Module):
-    """A stack of TransformerLayer with optional U-Net skip connections (JASCO_SPEC §3.6)."""
+    """A stack of TransformerLayer with optional U-Net skip connections (docs/MODEL.md, "Network")."""
 
     def __init__(self, dim: int, num_heads: int, num_layers: int, hidden_scale: int = 4,
                  cross_attention: bool = True, bias_ff: bool = False, bias_attn: bool = False,

@@ -6,6 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
+from jasco.controls.chords.vocabulary import ChordVocabulary
 from jasco.prepare.runner import prepare
 from jasco.prepare.steps import STEPS
 
@@ -21,7 +22,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated subset of {','.join(STEPS)}")
     p.add_argument("--workers", type=int, default=2, help="worker processes per step (1 = in-process)")
     p.add_argument("--chords-backend", default="chordino", choices=["chordino", "templates"])
-    p.add_argument("--vocabulary", default="builtin", help="builtin | published:PATH (chord_to_index_mapping.pkl)")
+    p.add_argument("--vocabulary", default="builtin", help="builtin | published:PATH (chord_to_index_mapping.pkl) | PATH (.json or .pkl)")
     p.add_argument("--melody-weights", default=None, help="path or URL of deepsalience multif0.h5")
     p.add_argument("--melody-frame-rate", type=float, default=86.0, help="frame rate of existing .npy salience files")
     p.add_argument("--codec", default="facebook/encodec_32khz", help="debug | facebook/encodec_32khz | DIR")
@@ -47,8 +48,10 @@ def settings_from(args: argparse.Namespace) -> dict:
         raise ValueError(f"--shard {args.shard} must be in [0, --num-shards={args.num_shards})")
     if not 0 <= args.valid_fraction < 1:
         raise ValueError(f"--valid-fraction must be in [0, 1), got {args.valid_fraction}")
-    if args.vocabulary != "builtin" and not args.vocabulary.startswith("published:"):
-        raise ValueError("--vocabulary must be 'builtin' or 'published:PATH'")
+    try:
+        ChordVocabulary.from_spec(args.vocabulary)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--vocabulary {args.vocabulary}: {err}") from err
     return {"steps": steps, "workers": max(1, args.workers), "chords_backend": args.chords_backend,
             "vocabulary": args.vocabulary, "melody_weights": args.melody_weights,
             "melody_frame_rate": args.melody_frame_rate, "codec": args.codec, "demucs_model": args.demucs_model,

@@ -15,7 +15,7 @@ from pathlib import Path
 from jasco.audio.io import audio_read
 from jasco.controls.chords.progression import read_chord_file, write_chord_file
 from jasco.controls.chords.recognition import BACKENDS, recognize_chords
-from jasco.controls.chords.vocabulary import ChordVocabulary
+from jasco.controls.chords.vocabulary import ChordVocabulary, vocabulary_file
 from jasco.data.manifest import find_audio_files
 
 
@@ -30,7 +30,7 @@ def _audio_files(path: Path) -> list[Path]:
 
 def _cmd_recognize(args: argparse.Namespace) -> int:
     """Write `<stem>.chords.json` for each audio file; returns the number of failures."""
-    vocabulary = _load_vocabulary(args.vocabulary) if args.vocabulary else None
+    vocabulary = ChordVocabulary.from_spec(args.vocabulary) if args.vocabulary else None
     failures = 0
     for path in _audio_files(args.input):
         out_dir = args.out if args.out is not None else path.parent
@@ -51,18 +51,13 @@ def _cmd_recognize(args: argparse.Namespace) -> int:
     return failures
 
 
-def _load_vocabulary(spec: str) -> ChordVocabulary:
-    """`published:PATH`, `builtin`, or a vocabulary file path."""
-    if spec == "builtin":
-        return ChordVocabulary.builtin()
-    return ChordVocabulary.from_file(spec.removeprefix("published:"))
-
-
 def _cmd_vocab(args: argparse.Namespace) -> int:
     """Build (or adopt) a chord vocabulary and write it to OUT."""
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.vocabulary:
-        source = Path(args.vocabulary.removeprefix("published:"))
+        source = vocabulary_file(args.vocabulary)
+        if source is None:
+            raise ValueError("--vocabulary builtin needs no adopting: the builtin vocabulary is the default.")
         vocabulary = ChordVocabulary.from_file(source)  # validates before adopting
         if source.suffix == args.out.suffix:
             shutil.copyfile(source, args.out)  # byte-identical: the published indices, unchanged

@@ -20,6 +20,7 @@ from jasco.controls.chords.progression import read_chord_file, write_chord_file
 from jasco.controls.chords.vocabulary import ChordVocabulary
 from jasco.controls.drums.stems import find_drum_stem, separate_drums
 from jasco.controls.melody.salience import N_MELODY_BINS, read_salience, write_salience
+from jasco.data.side_files import CHORDS_SUFFIXES, SALIENCE_SUFFIXES, find_side_file
 
 STEPS = ("manifest", "chords", "melody", "drums", "latents")
 _CACHE: dict[tuple, Any] = {}  # per-process models, keyed by what they were built from
@@ -33,10 +34,7 @@ def _cached(key: tuple, build) -> Any:
 
 def vocabulary(spec: str) -> ChordVocabulary:
     """`builtin` or `published:PATH` (or a PATH) -> ChordVocabulary."""
-    if spec == "builtin":
-        return _cached(("vocab", spec), ChordVocabulary.builtin)
-    path = spec.split(":", 1)[1] if spec.startswith("published:") else spec
-    return _cached(("vocab", spec), lambda: ChordVocabulary.from_file(path))
+    return _cached(("vocab", spec), lambda: ChordVocabulary.from_spec(spec))
 
 
 def codec(spec: str):
@@ -69,11 +67,7 @@ def _frames_ok(found: int, duration: float) -> bool:
 
 
 def _input_side(track: dict, field: str, suffixes: tuple[str, ...]) -> Path | None:
-    explicit = track["sides"].get(field)
-    if explicit is not None:
-        return Path(explicit)
-    stem = Path(track["path"]).with_suffix("")
-    return next((c for s in suffixes if (c := stem.parent / (stem.name + s)).is_file()), None)
+    return find_side_file(track["path"], field, suffixes, track["sides"].get(field))
 
 
 # ---------------------------------------------------------------- chords
@@ -90,7 +84,7 @@ def do_chords(track: dict, out: dict[str, Path], settings: dict) -> dict[str, An
     """Validate and copy an existing chord file, else recognise chords from the audio."""
     vocab = vocabulary(settings["vocabulary"])
     warnings: list[str] = []
-    existing = _input_side(track, "chords_path", (".chords.json",))
+    existing = _input_side(track, "chords_path", CHORDS_SUFFIXES)
     if existing is not None:
         progression = read_chord_file(existing)
         source = f"chord file {existing}"
@@ -98,8 +92,7 @@ def do_chords(track: dict, out: dict[str, Path], settings: dict) -> dict[str, An
         from jasco.controls.chords.recognition import recognize_chords
 
         wav, sr = audio_read(track["path"])
-        kwargs = {"vocabulary": vocab} if settings["vocabulary"] != "builtin" else {}
-        progression = recognize_chords(wav, sr, backend=settings["chords_backend"], **kwargs)
+        progression = recognize_chords(wav, sr, backend=settings["chords_backend"], vocabulary=vocab)
         source = f"{settings['chords_backend']} recogniser"
     unknown = sorted({label for _, label in progression if vocab.index(label) == vocab.unk_index
                       and label != "UNK"})
@@ -122,7 +115,7 @@ def done_melody(track: dict, out: dict[str, Path], settings: dict) -> bool:
 
 def do_melody(track: dict, out: dict[str, Path], settings: dict) -> dict[str, Any]:
     """Validate and copy an existing salience file, else extract salience (deepsalience multif0)."""
-    existing = _input_side(track, "salience_path", (".salience.npz", ".salience.npy"))
+    existing = _input_side(track, "salience_path", SALIENCE_SUFFIXES)
     if existing is not None:
         salience, rate = read_salience(existing, default_frame_rate=settings["melody_frame_rate"])
         if salience.shape[0] != N_MELODY_BINS:

@@ -25,8 +25,8 @@ logger = logging.getLogger(__name__)
 class StandardSolver(flashy.BaseSolver):
     """Epoch loop over stages `train`, `valid`, `evaluate`, `generate` with resumable checkpoints.
 
-    Checkpoint (`checkpoint.th`, JASCO_SPEC §6): `history`, `xp.cfg` (YAML string), `xp.sig`,
-    `best_state` (`{'model': state_dict}`), `fsdp_best_state`, `model`, `optimizer`,
+    Checkpoint (`checkpoint.th`, docs/MODEL.md, "Training checkpoint"): `history`, `xp.cfg`
+    (YAML string), `xp.sig`, `best_state` (`{'model': state_dict}`), `model`, `optimizer`,
     `lr_scheduler`, optional `scaler`, `ema` (`{'state': {'model': ...}, 'count': n}`).
     """
 
@@ -40,12 +40,11 @@ class StandardSolver(flashy.BaseSolver):
         self.scaler: torch.amp.GradScaler | None = None
         self.ema: ModuleDictEMA | None = None
         self.best_state: dict[str, Any] = {}
-        self.fsdp_best_state: dict[str, Any] = {}
         self.dataloaders: dict[str, Any] = {}
         self._tensorboard: Any = None
         self.build_model()
         self.build_dataloaders()
-        self.register_stateful("model", "optimizer", "lr_scheduler", "best_state", "fsdp_best_state")
+        self.register_stateful("model", "optimizer", "lr_scheduler", "best_state")
         if self.ema is not None:
             self.register_stateful("ema")
         if self.scaler is not None:

@@ -1,8 +1,8 @@
 """Training checkpoints on disk: atomic save, safe load, epoch copies and source resolution.
 
-Layout of an experiment folder (JASCO_SPEC §6): `checkpoint.th` (the latest state, overwritten
-at every save) and optional epoch copies `checkpoint_<epoch>.th` (kept every
-`checkpoint.save_every` epochs, pruned to the `checkpoint.keep_last` most recent).
+Layout of an experiment folder (docs/MODEL.md, "Training checkpoint"): `checkpoint.th` (the
+latest state, overwritten at every save) and optional epoch copies `checkpoint_<epoch>.th`
+(kept every `checkpoint.save_every` epochs, pruned to the `checkpoint.keep_last` most recent).
 """
 from __future__ import annotations
 

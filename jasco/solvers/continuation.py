@@ -14,6 +14,10 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from jasco.environment import dora_dir
+from jasco.models.loaders import ModelLoadError, best_state_of, load_jasco_model
+from jasco.solvers.checkpoint import load_checkpoint, resolve_checkpoint
+
 logger = logging.getLogger(__name__)
 
 # Config keys that change the network's parameters: they must agree with the starting model.
@@ -88,18 +92,15 @@ def architecture_differences(run_cfg: Any, source_cfg: Any) -> dict[str, tuple[A
 def load_source(source: str) -> tuple[dict[str, torch.Tensor], dict]:
     """The model state_dict and config of a `continue_from` source."""
     if source.startswith("//pretrained/"):
-        from jasco.models.loaders import load_jasco_model
         model = load_jasco_model(source[len("//pretrained/"):], device="cpu")
         return model.state_dict(), _as_dict(model.cfg)
-    from jasco.environment import dora_dir
-    from jasco.solvers.checkpoint import load_checkpoint, resolve_checkpoint
     path = resolve_checkpoint(source, dora_dir())
     state = load_checkpoint(path)
-    best = state.get("fsdp_best_state") or state.get("best_state") or {}
-    if "model" not in best:
-        raise ContinuationError(f"{path} has no best state yet (no validation stage finished): "
-                                f"continue_from needs a run that completed at least one epoch")
-    return best["model"], _as_dict(state["xp.cfg"])
+    try:
+        best = best_state_of(state, path)
+    except ModelLoadError as err:
+        raise ContinuationError(f"continue_from={source}: {err}") from err
+    return best, _as_dict(state["xp.cfg"])
 
 
 def adopt_architecture(cfg: DictConfig, source_cfg: dict) -> None:

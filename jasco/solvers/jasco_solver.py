@@ -1,4 +1,4 @@
-"""JascoSolver: flow-matching training of JASCO on codec latents (JASCO_SPEC §4).
+"""JascoSolver: flow-matching training of JASCO on codec latents (docs/MODEL.md, "Flow matching").
 
 Shapes: `B` batch, `C` channels, `N` samples, `T` latent frames, `F` flow dim (128).
 """
@@ -35,11 +35,7 @@ DATASET_ARGS = ("segment_duration", "num_samples", "shuffle", "sample_on_duratio
 
 def chord_vocabulary(spec: str | None) -> ChordVocabulary | None:
     """`builtin`, `published:PATH` or a `.pkl`/`.json` PATH → ChordVocabulary."""
-    if spec is None:
-        return None
-    if spec == "builtin":
-        return ChordVocabulary.builtin()
-    return ChordVocabulary.from_file(spec.split(":", 1)[1] if spec.startswith("published:") else spec)
+    return None if spec is None else ChordVocabulary.from_spec(spec)
 
 
 class JascoSolver(StandardSolver):

@@ -175,3 +175,17 @@ def test_frame_chords_edges(builtin: ChordVocabulary) -> None:
         frame_chords([(0.0, "C"), ("G", 1.0)], builtin, 10)
     with pytest.raises(ValueError, match="sorted"):
         frame_chords([(1.0, "C"), (0.0, "G")], builtin, 10)
+
+
+def test_vocabulary_spec_forms(tmp_path):
+    from jasco.controls.chords.vocabulary import vocabulary_file
+
+    custom = ChordVocabulary.from_progressions([[(0.0, "C"), (1.0, "Am")]])
+    custom.save_json(tmp_path / "vocab.json")
+    assert vocabulary_file("builtin") is None
+    assert vocabulary_file(f"published:{tmp_path}/vocab.json") == tmp_path / "vocab.json"
+    assert ChordVocabulary.from_spec("builtin").labels == ChordVocabulary.builtin().labels
+    for spec in (f"published:{tmp_path}/vocab.json", str(tmp_path / "vocab.json"), tmp_path / "vocab.json"):
+        assert ChordVocabulary.from_spec(spec).labels == ["N", "Am", "C", "UNK"]
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        ChordVocabulary.from_spec(f"published:{tmp_path}/missing.json")

@@ -276,3 +276,25 @@ def test_reference_codec_dequantize_matches_published_drums_latents():
     drums = ref["conditioners"]["drums"]
     torch.testing.assert_close(codec.dequantize_codebook0(drums["codes"]), drums["decoded_latents"],
                                rtol=0, atol=1e-6)
+
+
+def test_codec_source_forms_name_one_codec(tmp_path):
+    from jasco.models.codec import DEFAULT_CODEC_SOURCE, codec_source_name, is_hub_codec
+
+    assert codec_source_name(None) == codec_source_name(DEFAULT_CODEC_SOURCE) == "facebook/encodec_32khz"
+    assert codec_source_name("//pretrained/facebook/encodec_32khz") == "facebook/encodec_32khz"
+    assert codec_source_name("//debug") == codec_source_name("debug") == "debug"
+    assert codec_source_name(tmp_path) == str(tmp_path)
+    assert is_hub_codec("//pretrained/facebook/encodec_32khz") and is_hub_codec("org/codec")
+    assert not is_hub_codec("debug") and not is_hub_codec(f"//pretrained/{tmp_path}")
+
+
+def test_codec_from_source_debug_and_local_folder(tmp_path):
+    from jasco.models.codec import EncodecCompressionModel
+
+    debug = EncodecCompressionModel.from_source("//debug", latent_mean=0.5, latent_std=2.0)
+    debug.save_pretrained(tmp_path / "codec")
+    local = EncodecCompressionModel.from_source(f"//pretrained/{tmp_path / 'codec'}")
+    wav = torch.randn(1, 1, debug.hop_length * 4)
+    assert torch.equal(local.encode_latents(wav), debug.encode_latents(wav))
+    assert (debug.latent_mean, debug.latent_std) == (0.5, 2.0)

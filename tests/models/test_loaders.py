@@ -235,3 +235,18 @@ def test_chord_vocabulary_resolution(tmp_path):
     if CHORD_MAPPING.exists():
         assert load_chord_vocabulary(None, CHORD_MAPPING).index("C") == \
             ChordVocabulary.from_file(CHORD_MAPPING).index("C")
+
+
+def test_best_state_of_reads_every_checkpoint_layout():
+    from jasco.models.loaders import ModelLoadError, best_state_of
+
+    weights = {"w": torch.ones(2)}
+    assert best_state_of({"best_state": weights}) is weights  # an export
+    assert best_state_of({"best_state": {"model": weights}}) is weights  # a training checkpoint
+    assert best_state_of({"best_state": {"model": {"w": torch.zeros(2)}},
+                          "fsdp_best_state": {"model": weights}}) is weights  # FSDP-trained, published
+    assert best_state_of({"best_state": {"model": weights}, "fsdp_best_state": {}}) is weights
+    with pytest.raises(ModelLoadError, match="ckpt.th has no best state"):
+        best_state_of({"best_state": {}}, "ckpt.th")
+    with pytest.raises(ModelLoadError, match="not a state_dict"):
+        best_state_of({"best_state": {"w": [1.0]}})

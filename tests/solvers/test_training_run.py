@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 from helpers_training import REPO_ROOT, ensure_example, experiment
 
-CHECKPOINT_KEYS = {"history", "xp.cfg", "xp.sig", "best_state", "fsdp_best_state", "model", "optimizer",
+CHECKPOINT_KEYS = {"history", "xp.cfg", "xp.sig", "best_state", "model", "optimizer",
                    "lr_scheduler", "ema"}
 
 

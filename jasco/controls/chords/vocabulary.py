@@ -30,6 +30,17 @@ from jasco.controls.chords.symbols import (
 )
 
 
+BUILTIN_VOCABULARY = "builtin"
+
+
+def vocabulary_file(spec: str | Path) -> Path | None:
+    """The file a vocabulary spec names (`published:PATH` or PATH), None for `builtin`."""
+    text = str(spec)
+    if text == BUILTIN_VOCABULARY:
+        return None
+    return Path(text.removeprefix("published:")).expanduser()
+
+
 class _DictOnlyUnpickler(pickle.Unpickler):
     """Unpickler that builds only plain dicts, strings and ints (never arbitrary classes)."""
 
@@ -87,6 +98,12 @@ class ChordVocabulary:
             raise ValueError(
                 f"Cannot read chord vocabulary {path}: {err}. Expected a plain label->index dict "
                 "as .pkl (published chord_to_index_mapping.pkl) or .json.") from err
+
+    @classmethod
+    def from_spec(cls, spec: str | Path) -> "ChordVocabulary":
+        """The vocabulary a `chords_vocabulary` value names: `builtin`, `published:PATH` or PATH."""
+        path = vocabulary_file(spec)
+        return cls.builtin() if path is None else cls.from_file(path)
 
     @classmethod
     def builtin(cls) -> "ChordVocabulary":

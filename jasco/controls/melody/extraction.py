@@ -65,7 +65,7 @@ def run_salience_network(model: MultiF0Salience, hcqt: torch.Tensor,
 def salience_to_melody(salience: torch.Tensor, n_frames: int | None = None) -> torch.Tensor:
     """Post-process a deepsalience output `[360, F]` (86 fps) into a binary melody `[53, T]` (50 fps).
 
-    Steps (JASCO_SPEC §7): values < 0.5 → 0; rows below G2 → 0 (see `G2_TOLERANCE_BINS`); keep
+    Steps (docs/MODEL.md, "Melody"): values < 0.5 → 0; rows below G2 → 0 (see `G2_TOLERANCE_BINS`); keep
     the rows from the one nearest G2 (so group `k` below is centred on MIDI 43 + k); prepend 2 zero
     rows; trim to a multiple of 5 rows; max over groups of 5 → 53 rows; linear interpolation in
     time, output frame `j` (time `j / 50`) reading input position `j * 86 / 50` (the integer 86 of

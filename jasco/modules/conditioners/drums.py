@@ -31,7 +31,7 @@ def temporal_blur(latents: torch.Tensor, factor: int) -> torch.Tensor:
     """Average `latents [B, T, L]` over groups of `factor` frames, each average repeated `factor` times.
 
     T is first padded up to a multiple of `factor` by reflection at the end, and the result is
-    cropped back to T (JASCO_SPEC §2).
+    cropped back to T (docs/MODEL.md, "Drums").
     """
     if factor <= 1:
         return latents
