@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from jasco.audio.io import convert_audio
+from jasco.audio.convert import convert_audio, to_mono
 
 ANALYSIS_RATE = 8000  # partials above 4 kHz add little to pitch-class content
 N_FFT = 4096  # 0.5 s window: ~2 Hz bins, enough to split semitones down to ~MIDI 33
@@ -44,22 +44,6 @@ class ChromaFeatures:
     def num_frames(self) -> int:
         """F."""
         return int(self.treble.shape[-1])
-
-
-def to_mono(wav: torch.Tensor) -> torch.Tensor:
-    """`[N]` or `[C, N]` float audio -> `[N]` mono (channel mean); raises on other shapes."""
-    if not isinstance(wav, torch.Tensor):
-        raise TypeError(f"Expected a torch.Tensor waveform [N] or [C, N], got {type(wav).__name__}.")
-    if wav.dim() == 2:
-        if wav.shape[0] == 0:
-            raise ValueError("Waveform has 0 channels; expected [N] or [C, N] with C >= 1.")
-        wav = wav.mean(dim=0)
-    elif wav.dim() != 1:
-        raise ValueError(f"Waveform has shape {tuple(wav.shape)}; expected [N] or [C, N] "
-                         "(one clip, channels first).")
-    if not torch.is_floating_point(wav):
-        raise TypeError(f"Waveform dtype is {wav.dtype}; expected float samples in [-1, 1].")
-    return wav.float()
 
 
 def _semitone_map(sample_rate: int, n_fft: int) -> torch.Tensor:
@@ -185,4 +169,4 @@ def db(x: torch.Tensor) -> torch.Tensor:
     return 20.0 * torch.log10(x.clamp(min=1e-10))
 
 
-__all__ = ["ChromaFeatures", "chroma_features", "frame_times", "to_mono", "db", "ANALYSIS_RATE"]
+__all__ = ["ChromaFeatures", "chroma_features", "frame_times", "db", "ANALYSIS_RATE"]

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 
 import torch
 
+from jasco.audio.convert import to_mono
+
 HARMONICS: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0)
 # Half-width of the kept part of each filter's spectrum, in units of 1 / L_k (main lobe = 2).
 SIDELOBES = 4.0
@@ -82,17 +84,6 @@ class _FoldPlan:
         return torch.fft.ifft(folded.view(self.n_filters, self.m), dim=-1)
 
 
-def _as_mono(wav: torch.Tensor) -> torch.Tensor:
-    """`[N]` or `[C, N]` → float64 `[N]` (channel mean)."""
-    if wav.dim() == 2:
-        wav = wav.mean(dim=0)
-    elif wav.dim() != 1:
-        raise ValueError(f"harmonic_cqt expects audio of shape [N] or [C, N], got {tuple(wav.shape)}.")
-    if wav.numel() == 0:
-        raise ValueError("harmonic_cqt got an empty waveform (0 samples).")
-    return wav.detach().to("cpu", torch.float64)
-
-
 def harmonic_cqt(
     wav: torch.Tensor,
     sample_rate: int = 22050,
@@ -121,7 +112,9 @@ def harmonic_cqt(
     Returns:
         float32 magnitudes `[H, K, F]`.
     """
-    x = _as_mono(wav)
+    x = to_mono(wav).detach().to("cpu", torch.float64)
+    if x.numel() == 0:
+        raise ValueError("harmonic_cqt got an empty waveform (0 samples).")
     n = x.numel()
     n_bins = n_octaves * bins_per_octave
     n_frames = 1 + n // hop

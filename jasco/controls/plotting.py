@@ -14,16 +14,12 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from jasco.audio.convert import to_mono
 from jasco.controls.melody.salience import MELODY_LOWEST_MIDI
 
 
-def _mono(wav: torch.Tensor) -> torch.Tensor:
-    wav = wav.detach().float().cpu()
-    if wav.dim() == 1:
-        return wav
-    if wav.dim() == 2:
-        return wav.mean(0)
-    raise ValueError(f"audio must be [N] or [C, N], got shape {tuple(wav.shape)}.")
+def _cpu_mono(wav: torch.Tensor) -> torch.Tensor:
+    return to_mono(wav.detach().float().cpu())
 
 
 def _envelope(wav: torch.Tensor, points: int = 2000) -> torch.Tensor:
@@ -49,7 +45,7 @@ def plot_controls(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int,
         frame_rate: frames per second of `melody`.
         title: figure title.
     """
-    audio = _mono(wav)
+    audio = _cpu_mono(wav)
     duration = audio.numel() / sample_rate
     rows = [name for name, value in (("chords", chords), ("melody", melody), ("drums", drums)) if value is not None]
     heights = [1.0 if name == "chords" else 1.5 for name in rows] + [3.0]
@@ -96,8 +92,8 @@ def _draw_melody(ax, melody: torch.Tensor, frame_rate: float) -> None:
 
 
 def _draw_drums(ax, drums: torch.Tensor, sample_rate: int) -> None:
-    env = _envelope(_mono(drums))
-    times = torch.linspace(0, _mono(drums).numel() / sample_rate, env.numel())
+    env = _envelope(_cpu_mono(drums))
+    times = torch.linspace(0, _cpu_mono(drums).numel() / sample_rate, env.numel())
     ax.fill_between(times.numpy(), (-env).numpy(), env.numpy(), color="C3", linewidth=0)
     ax.set_ylabel("drums")
 

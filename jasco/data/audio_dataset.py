@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from jasco.audio.io import AudioReadError, audio_read, convert_audio
+from jasco.audio.convert import convert_audio
+from jasco.audio.io import AudioReadError, audio_read
 from jasco.data.manifest import AudioMeta, load_manifest
 
 

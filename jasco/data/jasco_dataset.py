@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from jasco.audio.io import audio_read, convert_audio
+from jasco.audio.convert import convert_audio
+from jasco.audio.io import audio_read
 from jasco.controls.chords.progression import read_chord_file
 from jasco.controls.chords.vocabulary import ChordVocabulary, frame_chords
 from jasco.controls.melody.salience import read_salience, salience_segment

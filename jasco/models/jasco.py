@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from jasco.audio.io import convert_audio
+from jasco.audio.convert import convert_audio
 from jasco.controls.chords.progression import normalize_progression
 from jasco.controls.chords.vocabulary import ChordVocabulary, frame_chords
 from jasco.controls.melody.salience import N_MELODY_BINS

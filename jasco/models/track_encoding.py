@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from jasco.audio.io import convert_audio
+from jasco.audio.convert import convert_audio
 from jasco.models.codec import EncodecCompressionModel
 
 

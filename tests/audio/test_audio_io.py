@@ -9,7 +9,9 @@ import soundfile as sf
 import torch
 from helpers_audio import encode_with_av, ramp, sine, write_wav
 
-from jasco.audio.io import AudioReadError, audio_info, audio_read, audio_write, convert_audio, loudness, normalize_audio
+from jasco.audio.convert import convert_audio
+from jasco.audio.io import AudioReadError, audio_info, audio_read, audio_write
+from jasco.audio.loudness import loudness, normalize_audio
 
 
 @pytest.mark.parametrize("suffix", [".wav", ".flac"])

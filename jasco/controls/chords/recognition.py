@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jasco.audio.chroma import ChromaFeatures, chroma_features, db, to_mono
-from jasco.audio.io import convert_audio
+from jasco.audio.chroma import ChromaFeatures, chroma_features, db
+from jasco.audio.convert import convert_audio, to_mono
 from jasco.controls.chords.progression import normalize_progression
 from jasco.controls.chords.symbols import CHORD_INTERVALS, NO_CHORD, ChordSymbol, is_no_chord, parse_chord
 from jasco.controls.chords.vocabulary import ChordVocabulary

@@ -29,7 +29,6 @@ from jasco.controls.chords.symbols import (
     parse_chord,
 )
 
-
 BUILTIN_VOCABULARY = "builtin"
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from jasco.audio.convert import convert_audio
+
 STEM_SUFFIXES = (".drums.wav", ".drums.flac")
 STEM_FOLDER = "drums"
 STEM_FOLDER_SUFFIXES = (".wav", ".flac")
@@ -117,8 +119,6 @@ def separate_drums(wav: torch.Tensor, sample_rate: int, model: str | Callable = 
         chunk_s: chunk length for long tracks.
         overlap_s: overlap of consecutive chunks (linear cross-fade).
     """
-    from jasco.audio.io import convert_audio
-
     if wav.dim() not in (2, 3):
         raise ValueError(f"separate_drums expects [B, C, N] or [C, N], got {tuple(wav.shape)}.")
     batched = wav if wav.dim() == 3 else wav[None]

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from jasco.audio.convert import to_mono
 from jasco.audio.hcqt import HARMONICS, cqt_frequencies, harmonic_cqt, log_hcqt
 from jasco.controls.melody.network import (
     SALIENCE_BINS_PER_OCTAVE,
@@ -148,10 +149,7 @@ def extract_salience(
     Returns:
         float32 `[53, T]` on CPU with at most one 1 per frame.
     """
-    if wav.dim() == 2:
-        wav = wav.mean(dim=0)
-    elif wav.dim() != 1:
-        raise ValueError(f"extract_salience expects audio of shape [N] or [C, N], got {tuple(wav.shape)}.")
+    wav = to_mono(wav)
     if wav.numel() == 0:
         raise ValueError("extract_salience got an empty waveform (0 samples).")
     if model is None:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from jasco.audio.convert import convert_audio
 from jasco.data.attributes import WavCondition
 from jasco.modules.conditioners.base import BaseConditioner, ConditionTensor
 
@@ -74,8 +75,6 @@ class DrumsConditioner(BaseConditioner):
 
     def tokenize(self, values: list[WavCondition | None]) -> dict[str, Any]:
         """Collect codes and audio to encode; null rows in a mixed batch become silence."""
-        from jasco.audio.io import convert_audio  # data layer; imported lazily to keep import light
-
         values = [v if v is not None else WavCondition(wav=None, sample_rate=0) for v in values]
         if all(v.is_null for v in values):
             return {"all_null": True, "batch": len(values)}
