@@ -1,4 +1,5 @@
-"""Where things live: Dora experiment folders, team/cluster settings, reference and cache folders.
+"""Where things live: Dora experiment folders, team/cluster settings, reference and cache folders,
+and the compute device (`resolve_device`).
 
 Environment variables:
     JASCO_DORA_DIR: experiment root (default: the team config's `dora_dir`, else `<repo>/outputs`).
@@ -14,9 +15,12 @@ import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
+
+if TYPE_CHECKING:
+    import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "config"
@@ -84,3 +88,36 @@ def apply_dataset_mappers(path: str) -> str:
     for pattern, replacement in (team_config().get("dataset_mappers") or {}).items():
         path = re.sub(pattern, replacement, path)
     return path
+
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
+
+
+def resolve_device(name: str) -> torch.device:
+    """The `device` config key as a torch.device: `auto` is cuda when a GPU is visible, else cpu.
+
+    Raises:
+        ValueError: `name` is not one of `auto`, `cpu`, `cuda`, `cuda:N`.
+        RuntimeError: a cuda device is asked for but no GPU is visible.
+    """
+    import torch  # heavy: only when a device is needed
+
+    text = str(name).strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={name!r} is not supported: use one of {', '.join(DEVICE_CHOICES)}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name} but no GPU is visible: pass device=cpu (or device=auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise RuntimeError(f"device={name} but only {torch.cuda.device_count()} GPU(s) are visible")
+    return device
+
+
+def resolve_dataset_path(path: str | Path) -> Path:
+    """A `datasource.*` path: the team's dataset mappers, then `//reference/...`, relative to the repo."""
+    return resolve_reference_path(apply_dataset_mappers(str(path)))

@@ -7,18 +7,21 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import nullcontext
 from typing import Any
 
 import flashy
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from jasco.audio.io import SOUNDFILE_EXTENSIONS
 from jasco.controls.chords.vocabulary import ChordVocabulary
 from jasco.data.jasco_dataset import JascoDataset, JascoInfo
 from jasco.data.latents import verify_latent_cache
 from jasco.models import flow
 from jasco.models.builders import get_compression_model, get_flow_matching_model
+from jasco.environment import resolve_dataset_path
 from jasco.solvers.base import StandardSolver
 from jasco.solvers.continuation import initial_state_from
 from jasco.solvers.ema import ModuleDictEMA
@@ -31,6 +34,25 @@ SPLITS = ("train", "valid", "evaluate", "generate")
 DATASET_ARGS = ("segment_duration", "num_samples", "shuffle", "sample_on_duration", "sample_on_weight",
                 "min_segment_ratio", "shuffle_seed", "permutation_on_files", "skip_bad_files",
                 "merge_text_p", "drop_desc_p", "drop_other_p")
+
+
+def dataset_kwargs(dataset_cfg: DictConfig, split: str) -> dict[str, Any]:
+    """JascoDataset arguments of one split: `dataset.<split>.ARG`, else `dataset.ARG` (nulls: the dataset's defaults).
+
+    Raises:
+        ValueError: `dataset.<split>` has a key that is not a dataset argument.
+    """
+    section = dataset_cfg.get(split) or {}
+    unknown = sorted(set(section) - set(DATASET_ARGS))
+    if unknown:
+        raise ValueError(f"dataset.{split}: unknown key(s) {unknown}; known: {sorted(DATASET_ARGS)}")
+    kwargs = {}
+    for arg in DATASET_ARGS:
+        value = section[arg] if arg in section else None
+        value = dataset_cfg.get(arg) if value is None else value
+        if value is not None:
+            kwargs[arg] = value
+    return kwargs
 
 
 def chord_vocabulary(spec: str | None) -> ChordVocabulary | None:
@@ -81,6 +103,9 @@ class JascoSolver(StandardSolver):
             raise ValueError(f"dataset.batch_size={cfg.dataset.batch_size} (global) must be divisible by "
                              f"the world size {world}")
         self.batch_size = cfg.dataset.batch_size // world
+        if f".{cfg.generate.audio.format}" not in SOUNDFILE_EXTENSIONS:
+            raise ValueError(f"generate.audio.format={cfg.generate.audio.format!r}: choose one of "
+                             f"{sorted(suffix[1:] for suffix in SOUNDFILE_EXTENSIONS)}")
         vocabulary = self.vocabulary = chord_vocabulary(cfg.get("chords_vocabulary", "builtin"))
         conditioners = self.model.condition_provider.conditioners
         if "chords" in conditioners and vocabulary is not None and len(vocabulary) != conditioners["chords"].card:
@@ -93,18 +118,16 @@ class JascoSolver(StandardSolver):
                 if split in ("train", "valid"):
                     raise ValueError(f"datasource.{split} is not set: give a folder with a data.jsonl manifest")
                 continue
-            common = OmegaConf.to_container(cfg.dataset, resolve=True)
-            kwargs = {k: v for k, v in common.items() if k in DATASET_ARGS and v is not None}
-            kwargs.update({k: v for k, v in (common.get(split) or {}).items() if k in DATASET_ARGS and v is not None})
+            kwargs = dataset_kwargs(cfg.dataset, split)
             dataset = JascoDataset.from_meta(
-                str(flashy_path(path)), sample_rate=cfg.sample_rate, channels=cfg.channels, return_info=True,
+                str(resolve_dataset_path(path)), sample_rate=cfg.sample_rate, channels=cfg.channels, return_info=True,
                 chords_vocabulary=vocabulary if "chords" in conditioners else None,
                 use_melody="melody" in conditioners, use_drums="self_wav" in conditioners,
                 melody_frame_rate=cfg.dataset.melody_kwargs.melody_fr, frame_rate=cfg.compression_model_framerate,
                 train=split == "train", **kwargs)
             if any(meta.get_path("latents_path") for meta in dataset.metas):
                 # A cache made with another codec would silently train on wrong targets.
-                verify_latent_cache(flashy_path(path), self.compression_model)
+                verify_latent_cache(resolve_dataset_path(path), self.compression_model)
             self.dataloaders[split] = flashy.distrib.loader(
                 dataset, batch_size=self.batch_size, shuffle=False, num_workers=cfg.dataset.num_workers,
                 collate_fn=dataset.collater, drop_last=split == "train")
@@ -143,13 +166,15 @@ class JascoSolver(StandardSolver):
     def optimizer_step(self, loss: torch.Tensor) -> dict[str, float]:
         """Backward, gradient sync and clipping, step, scheduler and EMA updates."""
         self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
         params = [p for p in self.model.parameters() if p.requires_grad]
-        flashy.distrib.sync_gradients(params)
+        # optim.eager_sync: all-reduce each gradient as soon as backward produces it, else after.
+        eager = self.cfg.optim.eager_sync
+        with flashy.distrib.eager_sync_gradients(params) if eager else nullcontext():
+            (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+        if not eager:
+            flashy.distrib.sync_gradients(params)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         metrics = {}
         if self.cfg.optim.max_norm:
             metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.max_norm))
@@ -262,9 +287,3 @@ def cycle(loader: Any, total: int) -> Any:
             count += 1
             if count >= total:
                 return
-
-
-def flashy_path(path: str) -> str:
-    """Dataset paths: `//reference/...` and team dataset mappers, relative paths from the repo root."""
-    from jasco.environment import apply_dataset_mappers, resolve_reference_path
-    return str(resolve_reference_path(apply_dataset_mappers(str(path))))
