@@ -1,16 +1,18 @@
 """Dora entry point: `dora run solver=jasco/debug`, `dora grid <grid>` (DORA_PACKAGE=jasco)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import flashy
 import torch
-from dora import hydra_main
+from dora.conf import DoraConfig, SlurmConfig
+from dora.hydra import HydraMain
 from omegaconf import DictConfig
 
 from jasco import environment
@@ -53,15 +55,48 @@ def init_seed_and_system(cfg: DictConfig) -> None:
     torch.manual_seed(cfg.seed)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    if cfg.dataset.num_workers > 0 and cfg.mp_start_method:
-        torch.multiprocessing.set_start_method(cfg.mp_start_method, force=True)
+    start_method = cfg.mp_start_method  # checked even without workers: a typo shows on the first run
+    if start_method and start_method not in torch.multiprocessing.get_all_start_methods():
+        raise ValueError(f"mp_start_method={start_method!r}: choose one of "
+                         f"{torch.multiprocessing.get_all_start_methods()} (or null)")
+    if cfg.dataset.num_workers > 0 and start_method:
+        torch.multiprocessing.set_start_method(start_method, force=True)
 
 
-@hydra_main(config_path="../config", config_name="config", version_base="1.1")
+class JascoMain(HydraMain):
+    """Dora's Hydra main, with the machine-dependent settings taken from `jasco.environment`.
+
+    config/config.yaml only holds placeholders for the experiment root (`dora.dir: outputs`) and
+    the SLURM partition (`slurm.partition: null`): the real values come from `$JASCO_DORA_DIR` and
+    the team config. They are supplied through the two hooks Dora reads them from, `_get_dora`
+    (when the main is built) and `get_slurm_config` (each `dora grid`/`dora launch`), so that nothing
+    writes into Dora's objects (`_base_cfg`, `dora`) or any other library global after the fact.
+    """
+
+    def _get_dora(self) -> DoraConfig:
+        dora = super()._get_dora()
+        dora.dir = environment.dora_dir()
+        return dora
+
+    def get_slurm_config(self) -> SlurmConfig:
+        slurm = super().get_slurm_config()
+        partition = environment.slurm_partitions().get("global")
+        if partition:
+            slurm.partition = partition
+        return slurm
+
+
+def jasco_main(config_path: str, config_name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], JascoMain]:
+    """`dora.hydra_main`, building a `JascoMain`."""
+    def decorator(function: Callable[..., Any]) -> JascoMain:
+        return JascoMain(function, config_name=config_name, config_path=config_path, **kwargs)
+    return decorator
+
+
+@jasco_main(config_path="../config", config_name="config", version_base="1.1")
 def main(cfg: DictConfig) -> None:
     """Train (or `show`, or `execute_only` one stage) the experiment described by `cfg`."""
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda but no GPU is visible: pass device=cpu")
+    environment.resolve_device(cfg.device)  # a bad or missing device fails before anything starts
     init_seed_and_system(cfg)
     flashy.setup_logging(level=logging.getLevelName(str(cfg.logging.level).upper()), with_file_log=not cfg.show)
     flashy.distrib.init()
@@ -77,23 +112,32 @@ def main(cfg: DictConfig) -> None:
               f"  history: {folder / 'history.json'}")
 
 
-main.dora.dir = str(environment.dora_dir())
-
-
 @contextmanager
 def experiment(dora_dir: str | Path, overrides: list[str]) -> Iterator[Any]:
     """Enter the Dora experiment of `overrides` in this process (tests, benchmarks, notebooks).
 
     `with experiment(dir, ["solver=jasco/debug"]) as xp: solver = get_solver(xp.cfg)` builds the
     same solver, in the same folder `<dir>/xps/<SIG>`, as `dora run solver=jasco/debug` would.
+
+    For its duration `$JASCO_DORA_DIR` is `dora_dir` (what `jasco.environment.dora_dir()` and so
+    `continue_from=//sig/...` read) and `main.dora` a copy pointing at `dora_dir`. Both are restored
+    on exit, also when the body raises; the XP keeps its copy, so `xp.folder` stays valid afterwards.
     """
-    os.environ["JASCO_DORA_DIR"] = str(dora_dir)
-    main.dora.dir = Path(dora_dir)
-    xp = main.get_xp(overrides)
-    with xp.enter():
-        yield xp
-if environment.slurm_partitions().get("global"):
-    main._base_cfg.slurm.partition = environment.slurm_partitions()["global"]  # type: ignore[attr-defined]
+    saved_env = os.environ.get("JASCO_DORA_DIR")
+    saved_dora = main.dora
+    try:
+        os.environ["JASCO_DORA_DIR"] = str(dora_dir)
+        main.dora = dataclasses.replace(saved_dora, dir=Path(dora_dir))
+        xp = main.get_xp(overrides)
+        with xp.enter():
+            yield xp
+    finally:
+        main.dora = saved_dora
+        if saved_env is None:
+            os.environ.pop("JASCO_DORA_DIR", None)
+        else:
+            os.environ["JASCO_DORA_DIR"] = saved_env
+
 
 if __name__ == "__main__":
     main()

@@ -78,9 +78,8 @@ def test_stereo_input_matches_mono() -> None:
 
 
 def test_short_and_empty_input() -> None:
-    short = _render([(0.0, "A")], 0.2)
-    got = recognize_chords(short, SR, backend="templates")
-    assert got[0][0] == 0.0 and len(got) >= 1
+    short = _render([(0.0, "A")], 0.2)  # a few chroma frames
+    assert recognize_chords(short, SR, backend="templates") == [(0.0, "A")]
     assert recognize_chords(torch.zeros(0), SR, backend="templates") == [(0.0, "N")]
     assert recognize_chords(torch.zeros(5), SR, backend="templates") == [(0.0, "N")]
 

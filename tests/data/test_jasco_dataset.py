@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import julius
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from helpers_audio import write_wav
 
@@ -132,6 +134,13 @@ def test_collater_and_drums_resampled(tmp_path: Path) -> None:
     ds = _dataset(tmp_path, num_samples=3, channels=1)
     batch, infos = ds.collater([ds[i] for i in range(3)])
     assert batch.shape == (3, 1, SR) and len(infos) == 3
+    stem = torch.from_numpy(sf.read(tmp_path / "s.drums.flac", dtype="float32")[0])
     for info in infos:
         assert info.drums.wav.shape == (1, SR) and info.drums.sample_rate == SR
         assert info.drums.path.endswith("s.drums.flac")
+        # The stem's own segment (8 kHz) resampled to the mix rate, zero-padded past the file's end.
+        start = round(info.seek_time * 8000)
+        expected = julius.resample_frac(stem[None, start:start + 8000], 8000, SR)
+        n = expected.shape[-1]
+        torch.testing.assert_close(info.drums.wav[:, :n], expected, atol=1e-6, rtol=0)
+        assert not info.drums.wav[:, n:].any()

@@ -7,6 +7,14 @@ import math
 import huggingface_hub.constants
 import pytest
 import torch
+from helpers_codec import (
+    CODEC_PREFIX,
+    REF_PATH,
+    SHAPES_PATH,
+    noise_wav,
+    ref_codec_state_dict,
+    tiny_codec,
+)
 from transformers import EncodecModel
 
 from jasco.models.codec import (
@@ -16,18 +24,6 @@ from jasco.models.codec import (
     convert_weight_norm_keys,
     encodec_32khz_config,
 )
-
-try:  # tests/ as a package (tests/__init__.py present) or as plain folders
-    from tests.models.helpers_codec import (
-        CODEC_PREFIX,
-        REF_PATH,
-        SHAPES_PATH,
-        noise_wav,
-        ref_codec_state_dict,
-        tiny_codec,
-    )
-except ImportError:
-    from helpers_codec import CODEC_PREFIX, REF_PATH, SHAPES_PATH, noise_wav, ref_codec_state_dict, tiny_codec
 
 # Fields a config derived from weights must reproduce.
 SHAPE_FIELDS = ("audio_channels", "num_filters", "kernel_size", "hidden_size", "last_kernel_size",

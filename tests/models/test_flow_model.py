@@ -27,9 +27,17 @@ def attrs(n: int = 2) -> list[ConditioningAttributes]:
 def test_prepend_keeps_the_last_frames_along_time():
     model = tiny_model({"prepend": ["description"], "ignore": ["chords"]})
     z = torch.randn(2, 12, 8)
-    with torch.no_grad():
-        v = model(z, torch.rand(2), attrs())
+    seen = []
+    hook = model.linear.register_forward_hook(lambda module, args, out: seen.append(out))
+    try:
+        with torch.no_grad():
+            v = model(z, torch.rand(2), attrs())
+    finally:
+        hook.remove()
+    (full,) = seen
+    assert full.shape == (2, 2 + 12, 8)  # the 2 description tokens ("song i") are prepended
     assert v.shape == (2, 12, 8)
+    assert torch.equal(v, full[:, -12:]) and not torch.allclose(v, full[:, :12])
 
 
 def test_skip_connections_and_t_shapes():
@@ -57,6 +65,10 @@ def test_generate_reproducible_and_solvers():
     assert torch.equal(g1, g2)
     d = model.generate(attrs(), solver="dopri5", initial_noise=noise, ode_atol=1e-3, ode_rtol=1e-3)
     assert d.shape == (2, 12, 8) and torch.isfinite(d).all()
+    # Both solvers integrate the same ODE: fine Euler steps converge to the adaptive solution.
+    fine = model.generate(attrs(), solver="euler", euler_steps=200, initial_noise=noise)
+    coarse = model.generate(attrs(), solver="euler", euler_steps=5, initial_noise=noise)
+    assert (fine - d).abs().max() < 0.02 < (coarse - d).abs().max()
     with pytest.raises(ValueError, match="Unknown solver"):
         model.generate(attrs(), solver="rk4")
 

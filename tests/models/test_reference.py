@@ -9,6 +9,7 @@ from jasco.data.attributes import ConditioningAttributes, WavCondition
 from jasco.models import flow
 from jasco.models.builders import get_flow_matching_model
 from jasco.models.codec import EncodecCompressionModel
+from jasco.models.loaders import model_config
 from jasco.modules.conditioners import temporal_blur
 
 
@@ -46,13 +47,12 @@ def ref():
 @pytest.fixture(scope="module")
 def model(ref):
     codec = EncodecCompressionModel.from_state_dict(ref["state_dict"], prefix=CODEC_PREFIX)
-    model = get_flow_matching_model(ref["cfg"], codec)
+    model = get_flow_matching_model(model_config(ref["cfg"]), codec)
     model.load_state_dict(ref["state_dict"], strict=True)
     model.eval()
     fake = FakeT5Pair(ref["inputs"]["text_hidden_registry"])
     desc = model.condition_provider.conditioners["description"]
-    desc.__dict__["t5_tokenizer"] = fake.tokenizer
-    desc.__dict__["t5"] = fake.encoder
+    desc.set_encoder(fake.encoder, fake.tokenizer)
     inputs = ref["inputs"]
     drums = model.condition_provider.conditioners["self_wav"]
 

@@ -1,6 +1,7 @@
 """Conditioners, fuser and transformer pieces: shapes, masks, nulls, errors."""
 from __future__ import annotations
 
+import julius
 import pytest
 import torch
 
@@ -65,8 +66,16 @@ def test_drums_all_null_gives_bias_and_mixed_batch_encodes_silence():
 def test_drums_resample_other_rates():
     codec = EncodecCompressionModel.debug()
     cond = DrumsConditioner(2, codec, segment_duration=1.0).eval()
-    out, _ = cond(cond.tokenize([WavCondition(torch.randn(2, 44100) * 0.1, 44100)]))
+    wav = torch.randn(2, 44100, generator=torch.Generator().manual_seed(0)) * 0.1
+    out, _ = cond(cond.tokenize([WavCondition(wav, 44100)]))
     assert out.shape == (1, 50, 2)
+    # The same as giving the mono mix already resampled to the codec's 32 kHz...
+    at_32k = julius.resample_frac(wav.mean(0, keepdim=True), 44100, 32000)
+    expected, _ = cond(cond.tokenize([WavCondition(at_32k, 32000)]))
+    assert torch.equal(out, expected)
+    # ...and not the same as taking the 44.1 kHz samples for 32 kHz ones.
+    wrong, _ = cond(cond.tokenize([WavCondition(wav.mean(0, keepdim=True), 32000)]))
+    assert not torch.allclose(out, wrong[:, :50])
 
 
 def test_fuser_methods():

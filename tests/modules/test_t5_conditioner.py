@@ -35,11 +35,43 @@ def test_local_t5_masks_padding_and_empty_texts(tiny_t5):
 
 def test_frozen_t5_stays_out_of_the_state_dict(tiny_t5):
     cond = T5Conditioner(tiny_t5, output_dim=8)
-    cond.tokenize(["calm"])
+    cond(cond.tokenize(["calm"]))  # loads the encoder
+    encoder = cond.encoder
+    assert isinstance(encoder, T5EncoderModel)
     assert set(cond.state_dict()) == {"output_proj.weight", "output_proj.bias"}
-    assert all(not p.requires_grad for p in cond.t5.parameters())
+    assert {name for name, _ in cond.named_parameters()} == {"output_proj.weight", "output_proj.bias"}
+    assert all(module is not encoder for module in cond.modules())
+    assert all(not p.requires_grad for p in encoder.parameters())
+    cond.train()
+    assert not encoder.training  # frozen: stays in eval mode (no dropout)
+    # Loading a published-layout state_dict (no T5 keys) is strict and leaves the encoder alone.
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    cond.load_state_dict({k: torch.zeros_like(v) for k, v in cond.state_dict().items()}, strict=True)
+    assert all(torch.equal(v, before[k]) for k, v in cond.encoder.state_dict().items())
     tuned = T5Conditioner(tiny_t5, output_dim=8, finetune=True)
     assert any(k.startswith("t5.") for k in tuned.state_dict())
+    assert tuned.encoder is tuned.t5 and all(p.requires_grad for p in tuned.t5.parameters())
+
+
+def test_frozen_t5_follows_the_conditioner_device(tiny_t5):
+    cond = T5Conditioner(tiny_t5, output_dim=8)
+    cond.tokenize(["calm"])
+    assert next(cond.encoder.parameters()).device.type == "cpu"
+    cond.to("meta")
+    assert cond.output_proj.weight.device.type == "meta"
+    assert all(p.device.type == "meta" for p in cond.encoder.parameters())
+    assert all(not p.requires_grad for p in cond.encoder.parameters())
+
+
+def test_frozen_t5_keeps_its_dtype(tiny_t5):
+    cond = T5Conditioner(tiny_t5, output_dim=8).eval()
+    tokens = cond.tokenize(["calm piano"])
+    expected, _ = cond(tokens)
+    cond.double()
+    assert cond.output_proj.weight.dtype == torch.float64
+    assert next(cond.encoder.parameters()).dtype == torch.float32
+    out, _ = cond(tokens)
+    torch.testing.assert_close(out, expected.double(), atol=1e-6, rtol=1e-6)
 
 
 def test_word_dropout_only_in_training(tiny_t5):

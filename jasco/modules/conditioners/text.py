@@ -62,11 +62,30 @@ class _TextConditioner(BaseConditioner):
         return prepared, empty
 
 
+class Unregistered:
+    """Holds a module outside the module tree of the `nn.Module` it is an attribute of.
+
+    `nn.Module.__setattr__` registers every `nn.Module` attribute as a submodule, which puts its
+    weights in `state_dict()` (so in checkpoints and exports), in `parameters()` (so optimizers,
+    EMA, FSDP, parameter counts) and under `.train()`/`.half()`. A frozen pretrained encoder is an
+    external dependency of a model, not part of it: wrapped in this plain object it is none of
+    those. The owner moves it to its own device explicitly (see `T5Conditioner._apply`).
+    """
+
+    __slots__ = ("module",)
+
+    def __init__(self, module: Any = None) -> None:
+        self.module = module
+
+
 class T5Conditioner(_TextConditioner):
     """Frozen (by default) T5 encoder + `Linear(E → D)` projection, masked at padding.
 
-    The encoder is loaded lazily on first use, from a Hugging Face name or a local directory.
-    When frozen it is kept out of `state_dict()` (published checkpoints do not contain it).
+    The encoder is loaded lazily on first use, from a Hugging Face name or a local directory, and
+    read through `encoder`. Frozen (the published setting), it is held in an `Unregistered`:
+    it is not in `state_dict()` (published checkpoints do not contain it) nor in `parameters()`,
+    stays in eval mode, and follows the conditioner's device (`.to()`, `.cuda()`; not its dtype).
+    With `finetune=True` it is a registered submodule `t5`, trained and saved with the model.
     """
 
     def __init__(self, name: str, output_dim: int, finetune: bool = False, word_dropout: float = 0.0,
@@ -76,8 +95,8 @@ class T5Conditioner(_TextConditioner):
         self.cache_dir = cache_dir or environment.cache_dir()
         self.encoder_dim = encoder_dim or self._encoder_dim(name)
         self.output_proj = nn.Linear(self.encoder_dim, output_dim)
-        self.__dict__["t5"] = None
-        self.__dict__["t5_tokenizer"] = None
+        self._frozen_encoder = Unregistered()  # the frozen encoder, outside the module tree
+        self.t5_tokenizer: Any = None
         if finetune:
             self._load()
 
@@ -102,13 +121,26 @@ class T5Conditioner(_TextConditioner):
                 f"Could not load the T5 text encoder {self.name!r}. Offline, download it on a machine "
                 f"with internet (`huggingface-cli download {self.name} --local-dir DIR`) and set "
                 f"conditioners.description.t5.name=DIR.") from exc
-        model = model.to(self.device)
+        self.set_encoder(model.to(self.device), tokenizer)
+
+    @property
+    def encoder(self) -> Any:
+        """The T5 encoder (None until loaded): the `t5` submodule when fine-tuned, else the frozen one."""
+        return self._modules.get("t5") if self.finetune else self._frozen_encoder.module
+
+    def set_encoder(self, encoder: Any, tokenizer: Any) -> None:
+        """Use `encoder` and `tokenizer` instead of loading `name` (also what `_load` does).
+
+        `encoder(input_ids=, attention_mask=)` must return an object with `.last_hidden_state`
+        `[B, S, E]`, e.g. a `T5EncoderModel`; `tokenizer` is called like a Hugging Face tokenizer.
+        """
         if self.finetune:
-            self.t5 = model
+            self.t5 = encoder  # registered: in state_dict() and parameters()
         else:
-            model.eval().requires_grad_(False)
-            self.__dict__["t5"] = model
-        self.__dict__["t5_tokenizer"] = tokenizer
+            if isinstance(encoder, nn.Module):
+                encoder.eval().requires_grad_(False)
+            self._frozen_encoder.module = encoder
+        self.t5_tokenizer = tokenizer
 
     def tokenize(self, values: list[str | None]) -> dict[str, torch.Tensor]:
         """Texts → `{'input_ids': [B, S], 'attention_mask': [B, S]}`; empty texts fully masked."""
@@ -122,10 +154,10 @@ class T5Conditioner(_TextConditioner):
 
     def encode(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         """Run the T5 encoder: `[B, S]` ids → hidden states `[B, S, E]`."""
-        if self.t5 is None:
+        if self.encoder is None:
             self._load()
         with torch.set_grad_enabled(self.finetune and self.training):
-            return self.t5(**tokens).last_hidden_state
+            return self.encoder(**tokens).last_hidden_state
 
     def project(self, hidden: torch.Tensor, mask: torch.Tensor) -> ConditionTensor:
         """`hidden [B, S, E]`, `mask [B, S]` → `(output_proj(hidden) * mask [B, S, D], mask)`."""
@@ -136,10 +168,12 @@ class T5Conditioner(_TextConditioner):
         """Tokens → `([B, S, D], mask [B, S])`."""
         return self.project(self.encode(tokens), tokens["attention_mask"])
 
-    def _apply(self, fn: Any, recurse: bool = True):  # keep the unregistered encoder on our device
+    def _apply(self, fn: Any, recurse: bool = True):
+        """`nn.Module._apply` (behind `.to()`, `.cuda()`, ...), then the frozen encoder to our device."""
         super()._apply(fn, recurse)
-        if self.__dict__.get("t5") is not None and not self.finetune:
-            self.__dict__["t5"] = self.__dict__["t5"].to(self.output_proj.weight.device)
+        encoder = self._frozen_encoder.module
+        if isinstance(encoder, nn.Module):
+            self._frozen_encoder.module = encoder.to(self.output_proj.weight.device)
         return self
 
 
