@@ -9,13 +9,18 @@ overlapping windows, each conditioned on its slice of the controls, cross-faded 
 latent space; all windows share one noise draw over the whole duration. See docs/INFERENCE.md for
 the limits of this scheme.
 
+Every argument is validated before anything is generated; a bad one raises `InvalidInputError`
+(a ValueError) whose `argument` names the parameter. Ranges: docs/INFERENCE.md, "Argument ranges".
+
 Shapes: `B` batch, `C` audio channels, `N` samples, `T` latent frames (50 per second), `K` melody
 bins (53), `F` latent dim (128), `W` frames of one window.
 """
 from __future__ import annotations
 
 import math
+import numbers
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,16 +30,90 @@ from tqdm import tqdm
 from jasco.audio.convert import convert_audio
 from jasco.controls.chords.progression import normalize_progression
 from jasco.controls.chords.vocabulary import ChordVocabulary, frame_chords
-from jasco.controls.melody.salience import N_MELODY_BINS
+from jasco.controls.melody.salience import N_MELODY_BINS, one_hot_frames
 from jasco.data.attributes import ConditioningAttributes, WavCondition
 from jasco.models.codec import EncodecCompressionModel
 from jasco.models.flow_matching import FlowMatchingModel
-from jasco.models.loaders import load_chord_vocabulary, load_jasco
+from jasco.models.loaders import ChordVocabularyError, load_chord_vocabulary, load_jasco
 
-# Control name as users know it -> conditioner name in the model.
+# Control name as users know it -> conditioner name in the model, and -> the generate_music argument.
 CONTROLS = {"chords": "chords", "drums": "self_wav", "melody": "melody"}
+CONTROL_ARGUMENTS = {"chords": "chords", "drums": "drums_wav", "melody": "melody_salience_matrix"}
+# Guidance weights are in [0, MAX_CFG_COEF]: far past the useful range (1..10) the velocity only
+# saturates into noise, and inf / nan would give NaN audio.
+MAX_CFG_COEF = 100.0
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes seeds in [0, 2**64)
+# All windows of a generation form one batch: an hour (360 published 10 s windows) is far past memory.
+MAX_DURATION = 3600.0
 
 Progression = Sequence[tuple[Any, Any]]
+
+
+class InvalidInputError(ValueError):
+    """A generation argument or control is invalid.
+
+    Attributes:
+        argument: the parameter at fault, as `set_generation_params` / `generate_music` name it
+            (e.g. `cfg_coef_all`, `overlap`, `chords`, `drums_wav`, `melody_salience_matrix`).
+    """
+
+    def __init__(self, argument: str, message: str) -> None:
+        super().__init__(message)
+        self.argument = argument
+
+
+def _span(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    """`in [0, 100]`, `> 0`, ... (empty without bounds)."""
+    def text(bound: float) -> str:
+        return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+    if low is not None and high is not None:
+        return f" in {'(' if low_open else '['}{text(low)}, {text(high)}{')' if high_open else ']'}"
+    if low is not None:
+        return f" {'>' if low_open else '>='} {text(low)}"
+    if high is not None:
+        return f" {'<' if high_open else '<='} {text(high)}"
+    return ""
+
+
+def real_problem(value: Any, low: float | None = None, high: float | None = None, low_open: bool = False,
+                 high_open: bool = False) -> str | None:
+    """What a value that must be a finite real number in a range lacks (`must be ...`), or None if it is fine."""
+    want = f"must be a finite number{_span(low, high, low_open, high_open)}"
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+        return want
+    if low is not None and (value < low or (low_open and value == low)):
+        return want
+    if high is not None and (value > high or (high_open and value == high)):
+        return want
+    return None
+
+
+def int_problem(value: Any, low: int | None = None, high: int | None = None) -> str | None:
+    """What a value that must be an integer in `[low, high]` lacks (`must be ...`), or None if it is fine."""
+    want = f"must be an integer{_span(low, high, False, False)}"
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        return want
+    if (low is not None and value < low) or (high is not None and value > high):
+        return want
+    return None
+
+
+def check_real(name: str, value: Any, low: float | None = None, high: float | None = None, low_open: bool = False,
+               high_open: bool = False, hint: str = "") -> float:
+    """`value` as a float; InvalidInputError naming `name` when it is not finite or out of range."""
+    problem = real_problem(value, low, high, low_open, high_open)
+    if problem is not None:
+        raise InvalidInputError(name, f"{name} {problem}, got {value!r}{hint}.")
+    return float(value)
+
+
+def check_int(name: str, value: Any, low: int | None = None, high: int | None = None, hint: str = "") -> int:
+    """`value` as an int; InvalidInputError naming `name` when it is not an integer in range."""
+    problem = int_problem(value, low, high)
+    if problem is not None:
+        raise InvalidInputError(name, f"{name} {problem}, got {value!r}{hint}.")
+    return int(value)
 
 
 class _TqdmCallback:
@@ -85,7 +164,10 @@ class JASCO:
         name: where it was loaded from (for messages).
         model: the flow model (eval mode).
         compression_model: the codec decoding its latents.
-        chords_vocabulary: label -> index map of the chords control (None for models without it).
+        chords_vocabulary: label -> index map of the chords control (default: the one the model's
+            config records, `chords_vocabulary`). One given here must equal the recorded one (same
+            labels in the same order), else ChordVocabularyError; for models that record none (the published
+            ones) it is used as given.
         segment_duration: training segment length in seconds (default: the model's config, else 10).
     """
 
@@ -99,10 +181,10 @@ class JASCO:
         conditioners = model.condition_provider.conditioners
         self.controls = [c for c, name in CONTROLS.items() if name in conditioners]
         if "chords" in self.controls:
-            vocab = chords_vocabulary if chords_vocabulary is not None else load_chord_vocabulary(cfg)
+            vocab = load_chord_vocabulary(cfg, chords_vocabulary)
             if vocab.card != conditioners["chords"].card:
-                raise ValueError(f"the chord vocabulary has {vocab.card} labels but model {name} was trained with "
-                                 f"{conditioners['chords'].card}: pass the mapping it was trained with.")
+                raise ChordVocabularyError(f"the chord vocabulary has {vocab.card} labels but model {name} was trained "
+                                           f"with {conditioners['chords'].card}: pass the mapping it was trained with.")
             self.chords_vocabulary: ChordVocabulary | None = vocab
         else:
             self.chords_vocabulary = None
@@ -113,7 +195,12 @@ class JASCO:
     def get_pretrained(name_or_dir: str | os.PathLike, device: str | torch.device | None = None,
                        chords_mapping_path: str | os.PathLike | None = None,
                        cache_dir: str | os.PathLike | None = None) -> JASCO:
-        """Load a hub repo id or an exported folder (device default: cuda when available, else cpu)."""
+        """Load a hub repo id or an exported folder (device default: cuda when available, else cpu).
+
+        `chords_mapping_path`: the chord vocabulary file. A model trained with this repository
+        records its vocabulary and needs none; one given anyway must equal the recorded one, else
+        `ChordVocabularyError`. Published models record none and need `chord_to_index_mapping.pkl`.
+        """
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         loaded = load_jasco(name_or_dir, device=device, cache_dir=cache_dir)
@@ -125,17 +212,33 @@ class JASCO:
     def set_generation_params(self, cfg_coef_all: float = 5.0, cfg_coef_txt: float = 0.0, euler: bool = False,
                               euler_steps: int = 100, ode_rtol: float = 1e-5, ode_atol: float = 1e-5,
                               duration: float = 10.0, overlap: float = 2.0) -> None:
-        """Set sampling parameters (published defaults); `overlap`: seconds shared by consecutive windows."""
-        if euler and euler_steps < 1:
-            raise ValueError(f"euler_steps must be >= 1, got {euler_steps}.")
-        self._check_duration(duration)
-        if overlap < 0:
-            raise ValueError(f"overlap must be >= 0 seconds, got {overlap}.")
-        self.generation_params = {"cfg_coef_all": cfg_coef_all, "cfg_coef_txt": cfg_coef_txt,
-                                  "solver": "euler" if euler else "dopri5", "euler_steps": euler_steps,
-                                  "ode_rtol": ode_rtol, "ode_atol": ode_atol}
-        self.duration = float(duration)
-        self.overlap = float(overlap)
+        """Set the sampling parameters of later calls (defaults: the published API's).
+
+        Args:
+            cfg_coef_all: guidance weight of all conditions, in `[0, MAX_CFG_COEF]` (100).
+            cfg_coef_txt: guidance weight of the text alone, in `[0, MAX_CFG_COEF]`.
+            euler: fixed-step Euler (`euler_steps` steps) instead of the adaptive dopri5.
+            euler_steps: an integer >= 1 (checked even when dopri5 is used).
+            ode_rtol, ode_atol: dopri5 tolerances, finite and > 0.
+            duration: seconds to generate, finite, in `(0, MAX_DURATION]` (an hour).
+            overlap: seconds shared by consecutive windows of a long generation, in
+                `[0, segment_duration)`; capped at half a window.
+
+        Raises:
+            InvalidInputError: an argument is out of range (nothing is changed then).
+        """
+        params = {"cfg_coef_all": check_real("cfg_coef_all", cfg_coef_all, 0.0, MAX_CFG_COEF),
+                  "cfg_coef_txt": check_real("cfg_coef_txt", cfg_coef_txt, 0.0, MAX_CFG_COEF),
+                  "solver": "euler" if euler else "dopri5",
+                  "euler_steps": check_int("euler_steps", euler_steps, 1),
+                  "ode_rtol": check_real("ode_rtol", ode_rtol, 0.0, low_open=True),
+                  "ode_atol": check_real("ode_atol", ode_atol, 0.0, low_open=True)}
+        duration = self._check_duration(duration)
+        overlap = check_real("overlap", overlap, 0.0, self.segment_duration, high_open=True,
+                             hint=f" seconds (model {self.name} was trained on {self.segment_duration:g} s segments)")
+        self.generation_params = params
+        self.duration = duration
+        self.overlap = overlap
 
     # ------------------------------------------------------------------ properties
     @property
@@ -172,28 +275,38 @@ class JASCO:
         Args:
             descriptions: one text (or None) per sample; B = its length.
             chords: `[(label, start_s), ...]` for every sample, or one such list (or None) per sample.
-                Starts must lie in `[0, duration)`; before the first change the chord is `N`.
-            drums_wav: drum audio `[C, N]` (all samples) or `[B, C, N]` at `drums_sample_rate`;
-                resampled and mixed to mono, zero-padded or cropped to the duration.
-            drums_sample_rate: sample rate of `drums_wav`.
+                Starts must be finite, sorted and lie in `[0, duration)`; before the first change
+                the chord is `N`.
+            drums_wav: finite float drum audio `[C, N]` (all samples) or `[B, C, N]` at
+                `drums_sample_rate`, C = 1 or 2; resampled and mixed to mono, zero-padded or
+                cropped to the duration.
+            drums_sample_rate: sample rate of `drums_wav`, an integer > 0.
             melody_salience_matrix: `[K, T]` or `[B, K, T]` at the latent frame rate (K = 53 bins,
-                MIDI 43..95); `[T, K]` is accepted. Zero-padded (unvoiced) or cropped to the duration.
+                MIDI 43..95); `[T, K]` is accepted. Binary with at most one active bin per frame;
+                a finite non-negative real-valued salience is one-hot encoded by argmax per frame
+                (all-zero frames stay unvoiced), with a warning. Zero-padded (unvoiced) or cropped
+                to the duration.
             progress: show a progress bar.
             return_latents: also return the normalised latents.
-            duration: seconds to generate (default: `set_generation_params`); longer than the
-                training segment → overlapping windows.
-            seed: seed of the initial noise, for reproducible results.
+            duration: seconds to generate, in `(0, MAX_DURATION]` (default: `set_generation_params`);
+                longer than the training segment → overlapping windows.
+            seed: seed of the initial noise, an integer in `[0, 2**64)`, for reproducible results.
 
         Returns:
             audio `[B, 1, N]` at `sample_rate`, `N = round(duration * sample_rate)`; with
             `return_latents`, `(audio, latents [B, T, F])`.
+
+        Raises:
+            InvalidInputError: an argument is invalid; its `argument` names it.
         """
         descriptions = [descriptions] if isinstance(descriptions, str) else list(descriptions)
         if not descriptions or not all(d is None or isinstance(d, str) for d in descriptions):
-            raise ValueError("descriptions must be a non-empty list of str (or None for no text).")
+            raise InvalidInputError("descriptions", "descriptions must be a non-empty list of str (or None for "
+                                                    "no text).")
         batch = len(descriptions)
-        duration = self.duration if duration is None else float(duration)
-        self._check_duration(duration)
+        duration = self.duration if duration is None else self._check_duration(duration)
+        if seed is not None:
+            seed = check_int("seed", seed, 0, MAX_SEED)
         total = math.ceil(duration * self.frame_rate - 1e-6)
         progressions = self._prepare_chords(chords, batch, duration)
         drums = self._prepare_drums(drums_wav, drums_sample_rate, batch, total)
@@ -224,41 +337,64 @@ class JASCO:
         return (audio, latents) if return_latents else audio
 
     # ------------------------------------------------------------------ helpers
-    def _check_duration(self, duration: float) -> None:
-        if not duration > 0 or not math.isfinite(duration):
-            raise ValueError(f"duration must be a positive number of seconds, got {duration}.")
+    @staticmethod
+    def _check_duration(duration: Any) -> float:
+        problem = real_problem(duration, 0.0, MAX_DURATION, low_open=True)
+        if problem is not None:
+            raise InvalidInputError("duration", f"duration must be a positive number of seconds (finite, in "
+                                                f"(0, {MAX_DURATION:g}]), got {duration!r}.")
+        return float(duration)
 
     def _require(self, control: str) -> None:
         if control not in self.controls:
-            raise ValueError(f"model {self.name} has no {control} control (its controls: "
-                             f"{', '.join(self.controls) or 'text only'}); drop the {control} input or use a "
-                             "model trained with it (e.g. facebook/jasco-chords-drums-melody-400M for melody).")
+            raise InvalidInputError(
+                CONTROL_ARGUMENTS[control], f"model {self.name} has no {control} control (its controls: "
+                f"{', '.join(self.controls) or 'text only'}); drop the {control} input or use a model trained with "
+                "it (e.g. facebook/jasco-chords-drums-melody-400M for melody).")
 
     def _prepare_chords(self, chords: Any, batch: int, duration: float) -> list[list[tuple[float, str]] | None]:
         """Validated `(start_s, label)` progressions, one per sample (None = null chords)."""
         if chords is None:
             return [None] * batch
+        form = ("chords must be one progression [(label, start_s), ...] for every sample, or a list with one "
+                "progression (or None) per description")
+        if isinstance(chords, (str, bytes)) or not isinstance(chords, Sequence):
+            raise InvalidInputError("chords", f"{form}, got {type(chords).__name__} {chords!r:.80}; (the CLI form "
+                                              "'C@0 G@2' is read by jasco.generate.parse_chords).")
         rows = list(chords)
-        single = not rows or (isinstance(rows[0], (list, tuple)) and len(rows[0]) == 2
-                              and any(isinstance(x, str) for x in rows[0]))
+
+        def nested(item: Any) -> bool:
+            return isinstance(item, (list, tuple)) or item is None
+
+        # A row holds no sequences ((label, start)); a progression is None or a sequence of rows.
+        single = all(isinstance(r, (list, tuple)) and r and not any(nested(x) for x in r) for r in rows)
+        if not single and not all(r is None or (isinstance(r, (list, tuple)) and all(nested(x) for x in r))
+                                  for r in rows):
+            raise InvalidInputError("chords", f"{form}; got a mix of rows and progressions: {rows!r:.120}.")
         per_sample = [rows] * batch if single else rows
         if len(per_sample) != batch:
-            raise ValueError(f"chords has {len(per_sample)} progressions for {batch} descriptions; give one "
-                             "progression [(label, start_s), ...] for all, or one per description.")
+            raise InvalidInputError("chords", f"chords has {len(per_sample)} progressions for {batch} descriptions; "
+                                              "give one progression [(label, start_s), ...] for all, or one per "
+                                              "description.")
         out = []
         for i, progression in enumerate(per_sample):
             if progression is None:
                 out.append(None)
                 continue
             self._require("chords")
+            for j, row in enumerate(progression):
+                if not isinstance(row, (list, tuple)) or len(row) != 2:
+                    raise InvalidInputError("chords", f"chords of sample {i}: row {j} is {row!r}; expected "
+                                                      "(label, start_s), e.g. ('C', 0.0).")
             try:
                 rows_i = normalize_progression(progression)
             except ValueError as err:
-                raise ValueError(f"chords of sample {i}: {err}") from err
+                raise InvalidInputError("chords", f"chords of sample {i}: {err}") from err
             for start, label in rows_i:
                 if start >= duration:
-                    raise ValueError(f"chords of sample {i}: {label!r} starts at {start} s, outside the "
-                                     f"generated segment [0, {duration}) s; drop it or raise duration.")
+                    raise InvalidInputError("chords", f"chords of sample {i}: {label!r} starts at {start} s, outside "
+                                                      f"the generated segment [0, {duration}) s; drop it or raise "
+                                                      "duration.")
             out.append(rows_i)
         return out
 
@@ -270,15 +406,24 @@ class JASCO:
         self._require("drums")
         if not isinstance(wav, torch.Tensor) or wav.dim() not in (2, 3):
             shape = tuple(wav.shape) if isinstance(wav, torch.Tensor) else type(wav).__name__
-            raise ValueError(f"drums_wav must be a tensor [C, N] or [B, C, N], got {shape}; add the channel axis "
-                             "with wav[None] for mono audio.")
-        if wav.shape[-2] > 2:
-            raise ValueError(f"drums_wav has {wav.shape[-2]} channels (shape {tuple(wav.shape)}): expected mono or "
-                             "stereo [C, N] / [B, C, N]; if it is [N, C], transpose it.")
+            raise InvalidInputError("drums_wav", f"drums_wav must be a tensor [C, N] or [B, C, N], got {shape}; add "
+                                                 "the channel axis with wav[None] for mono audio.")
+        if not wav.dtype.is_floating_point:
+            raise InvalidInputError("drums_wav", f"drums_wav must be float audio in [-1, 1], got {wav.dtype}; "
+                                                 "read it with jasco.audio.io.audio_read.")
+        if not 1 <= wav.shape[-2] <= 2:
+            raise InvalidInputError("drums_wav", f"drums_wav has {wav.shape[-2]} channels (shape {tuple(wav.shape)}): "
+                                                 "expected mono or stereo [C, N] / [B, C, N]; if it is [N, C], "
+                                                 "transpose it.")
+        if wav.shape[-1] == 0:
+            raise InvalidInputError("drums_wav", f"drums_wav has no samples (shape {tuple(wav.shape)}).")
         if wav.dim() == 3 and wav.shape[0] not in (1, batch):
-            raise ValueError(f"drums_wav has batch {wav.shape[0]} but there are {batch} descriptions.")
-        if not isinstance(sample_rate, int) or sample_rate <= 0:
-            raise ValueError(f"drums_sample_rate must be a positive int, got {sample_rate!r}.")
+            raise InvalidInputError("drums_wav", f"drums_wav has batch {wav.shape[0]} but there are {batch} "
+                                                 "descriptions.")
+        if not torch.isfinite(wav).all():
+            raise InvalidInputError("drums_wav", f"drums_wav has {int((~torch.isfinite(wav)).sum())} NaN or infinite "
+                                                 "samples; give finite audio in [-1, 1].")
+        sample_rate = check_int("drums_sample_rate", sample_rate, 1)
         wav = wav if wav.dim() == 3 else wav[None]
         wav = convert_audio(wav.float().cpu(), sample_rate, self.sample_rate, 1)  # [B', 1, N]
         length = total * self.compression_model.hop_length
@@ -286,25 +431,41 @@ class JASCO:
         return wav.expand(batch, -1, -1)
 
     def _prepare_melody(self, salience: torch.Tensor | None, batch: int, total: int) -> torch.Tensor | None:
-        """Salience `[B, K, total]`."""
+        """One-hot melody `[B, K, total]`."""
         if salience is None:
             return None
         self._require("melody")
+        name = "melody_salience_matrix"
         if not isinstance(salience, torch.Tensor) or salience.dim() not in (2, 3):
             shape = tuple(salience.shape) if isinstance(salience, torch.Tensor) else type(salience).__name__
-            raise ValueError(f"melody_salience_matrix must be a tensor [{N_MELODY_BINS}, T] or [B, {N_MELODY_BINS}, T], "
-                             f"got {shape}.")
+            raise InvalidInputError(name, f"{name} must be a tensor [{N_MELODY_BINS}, T] or [B, {N_MELODY_BINS}, T], "
+                                          f"got {shape}.")
         if salience.shape[-2] != N_MELODY_BINS:
             if salience.shape[-1] != N_MELODY_BINS:
-                raise ValueError(f"melody_salience_matrix has shape {tuple(salience.shape)}: expected {N_MELODY_BINS} "
-                                 "pitch bins (MIDI 43..95) on one of its last two axes; extract it with "
-                                 "jasco.controls.melody.extraction.")
+                raise InvalidInputError(name, f"{name} has shape {tuple(salience.shape)}: expected {N_MELODY_BINS} "
+                                              "pitch bins (MIDI 43..95) on one of its last two axes; extract it with "
+                                              "jasco.controls.melody.extraction.")
             salience = salience.transpose(-1, -2)  # [T, K] as in the published demo matrices
         if salience.dim() == 3 and salience.shape[0] not in (1, batch):
-            raise ValueError(f"melody_salience_matrix has batch {salience.shape[0]} but there are {batch} "
-                             "descriptions.")
+            raise InvalidInputError(name, f"{name} has batch {salience.shape[0]} but there are {batch} descriptions.")
+        if salience.is_complex():
+            raise InvalidInputError(name, f"{name} must be real, got {salience.dtype}.")
         salience = salience.float().cpu()
-        salience = salience if salience.dim() == 3 else salience[None]
+        salience = salience if salience.dim() == 3 else salience[None]  # [B', K, T]
+        if not torch.isfinite(salience).all():
+            raise InvalidInputError(name, f"{name} has {int((~torch.isfinite(salience)).sum())} NaN or infinite "
+                                          "values; expected a binary matrix (1 = the melody's pitch in that frame).")
+        if (salience < 0).any():
+            raise InvalidInputError(name, f"{name} has negative values (min {float(salience.min()):g}); expected a "
+                                          "binary matrix, or a non-negative salience (one-hot encoded by argmax).")
+        active = (salience != 0).sum(dim=-2)  # [B', T] active bins per frame
+        if not (((salience == 0) | (salience == 1)).all() and (active <= 1).all()):
+            warnings.warn(f"{name} is not binary with at most one active bin per frame (values up to "
+                          f"{float(salience.max()):g}, up to {int(active.max())} active bins in a frame): each frame "
+                          "keeps only its strongest bin (argmax), all-zero frames stay unvoiced. Zero the unvoiced "
+                          "frames first (or use jasco.controls.melody.extraction) so they are not voiced.",
+                          stacklevel=3)
+            salience = torch.stack([one_hot_frames(s) for s in salience])  # [B', K, T]
         salience = torch.nn.functional.pad(salience, (0, max(0, total - salience.shape[-1])))[..., :total]
         return salience.expand(batch, -1, -1)
 

@@ -16,6 +16,7 @@ import os
 import pickle
 import warnings
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,16 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import EncodecConfig
 
 from jasco import environment
+from jasco.controls.chords.symbols import chord_identity
 from jasco.controls.chords.vocabulary import ChordVocabulary, vocabulary_file
-from jasco.models.builders import get_compression_model, get_flow_matching_model
+from jasco.models.builders import (
+    CLASSIFIER_FREE_GUIDANCE_KEYS,
+    CONDITIONER_REGISTRY,
+    FUSER_KEYS,
+    TRANSFORMER_LM_KEYS,
+    get_compression_model,
+    get_flow_matching_model,
+)
 from jasco.models.codec import EncodecCompressionModel, convert_weight_norm_keys
 from jasco.models.flow_matching import FlowMatchingModel
 
@@ -269,6 +278,61 @@ def _match_state_keys(state: dict[str, torch.Tensor], expected: set[str]) -> dic
     return {**{k: v for k, v in state.items() if not k.startswith(CODEC_PREFIX)}, **codec}
 
 
+# ---------------------------------------------------------------- model
+def _section(cfg: DictConfig | dict, key: str) -> Any:
+    value = cfg.get(key)
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def model_config(cfg: DictConfig | dict) -> dict[str, Any]:
+    """What the builders need of a checkpoint's `xp.cfg`, with only the keys they know.
+
+    The builders reject unknown keys, but a published `xp.cfg` also describes the rest of the
+    published training code, e.g. `transformer_lm.{n_q, card, memory_efficient, ...}`,
+    `conditioners.self_wav.drum_latents.{sample_rate, cache_path, ...}` or
+    `classifier_free_guidance.inference_coef`: those are dropped here (listed at debug level).
+    Kept: `transformer_lm`, `conditioners` (each one's `model` and the section of that kind),
+    `fuser`, `classifier_free_guidance`, `attribute_dropout`, `condition_dropout_per_sample`,
+    `compression_model_framerate` and `dataset.segment_duration`.
+    """
+    dropped: list[str] = []
+
+    def known_only(section: Any, known: Iterable[str], where: str) -> dict[str, Any]:
+        section, known = section or {}, set(known)
+        dropped.extend(f"{where}.{key}" for key in section if key not in known)
+        return {key: value for key, value in section.items() if key in known}
+
+    conditioners = {}
+    for name, section in (_section(cfg, "conditioners") or {}).items():
+        kind = section.get("model") if isinstance(section, dict) else None
+        if kind not in CONDITIONER_REGISTRY:
+            if kind is None:  # not a conditioner, e.g. the `args` section of older configs
+                dropped.append(f"conditioners.{name}")
+            else:  # an unknown kind: the builder says which kinds exist
+                conditioners[name] = section
+            continue
+        dropped.extend(f"conditioners.{name}.{key}" for key in section if key not in ("model", kind))
+        conditioners[name] = {"model": kind, kind: known_only(section.get(kind), CONDITIONER_REGISTRY[kind].keys,
+                                                             f"conditioners.{name}.{kind}")}
+    out: dict[str, Any] = {
+        "transformer_lm": known_only(_section(cfg, "transformer_lm"), TRANSFORMER_LM_KEYS, "transformer_lm"),
+        "conditioners": conditioners,
+        "fuser": known_only(_section(cfg, "fuser"), FUSER_KEYS, "fuser"),
+        "classifier_free_guidance": known_only(_section(cfg, "classifier_free_guidance"),
+                                               CLASSIFIER_FREE_GUIDANCE_KEYS, "classifier_free_guidance"),
+        "attribute_dropout": _section(cfg, "attribute_dropout") or {},
+    }
+    for key in ("condition_dropout_per_sample", "compression_model_framerate"):
+        if cfg.get(key) is not None:
+            out[key] = _section(cfg, key)
+    segment_duration = (_section(cfg, "dataset") or {}).get("segment_duration")
+    if segment_duration is not None:
+        out["dataset"] = {"segment_duration": segment_duration}
+    if dropped:
+        logger.debug("xp.cfg keys that do not concern the model, not used to build it: %s", dropped)
+    return out
+
+
 def load_jasco(src: str | os.PathLike, device: str | torch.device = "cpu", cache_dir: str | os.PathLike | None = None,
                compression_model: EncodecCompressionModel | None = None) -> LoadedJasco:
     """Build a JASCO model from its own `xp.cfg`, load its weights strictly, and get its codec.
@@ -280,7 +344,7 @@ def load_jasco(src: str | os.PathLike, device: str | torch.device = "cpu", cache
     state, cfg, path = load_lm_state(src, cache_dir)
     codec = compression_model if compression_model is not None else _codec_for(state, cfg, src, path, cache_dir)
     try:
-        model = get_flow_matching_model(cfg, codec)
+        model = get_flow_matching_model(model_config(cfg), codec)
     except (KeyError, TypeError, ValueError) as err:
         raise ModelLoadError(f"cannot build the model described by the 'xp.cfg' of {path}: {err!r}") from err
     expected = set(model.state_dict())
@@ -308,26 +372,56 @@ def load_jasco_model(src: str | os.PathLike, device: str | torch.device = "cpu",
 
 
 # ---------------------------------------------------------------- chords
+class ChordVocabularyError(ValueError):
+    """A chord vocabulary that does not fit the model: other labels or order than it was trained with."""
+
+
 def load_chord_vocabulary(cfg: DictConfig | dict | None = None,
-                          chords_mapping_path: str | os.PathLike | None = None) -> ChordVocabulary:
+                          chords_mapping_path: str | os.PathLike | ChordVocabulary | None = None) -> ChordVocabulary:
     """The chord vocabulary a model was trained with.
 
-    `chords_mapping_path` wins; else the config's `chords_vocabulary` (`builtin`, `published:PATH`
-    or `PATH`); else (published checkpoints do not name theirs) the builtin vocabulary, with a
-    warning: published models need the published `chord_to_index_mapping.pkl`.
+    The model's own vocabulary wins: the config's `chords_vocabulary` (`builtin`, `published:PATH`
+    or `PATH`) is used. An explicit `chords_mapping_path` (a file, or a ChordVocabulary) is only
+    checked against it: one with another size or order raises ChordVocabularyError naming both.
+    When the config records none (published checkpoints) or its file is not available here, the
+    explicit one is used; without one, the builtin vocabulary, with a warning (published models
+    need the published `chord_to_index_mapping.pkl`).
+
+    Raises:
+        ChordVocabularyError: the explicit vocabulary differs from the recorded one.
+        FileNotFoundError, ValueError: the explicit file is missing or not a vocabulary.
     """
-    if chords_mapping_path is not None:
-        return ChordVocabulary.from_file(chords_mapping_path)
+    explicit, given = None, ""
+    if isinstance(chords_mapping_path, ChordVocabulary):
+        explicit, given = chords_mapping_path, "the given chord vocabulary"
+    elif chords_mapping_path is not None:
+        explicit, given = ChordVocabulary.from_file(chords_mapping_path), f"chords_mapping_path={chords_mapping_path}"
     name = (cfg or {}).get("chords_vocabulary")
     if isinstance(name, str):
         path = vocabulary_file(name)
         if path is None or path.is_file():
-            return ChordVocabulary.from_spec(name)
-        warnings.warn(f"the model was trained with the chord vocabulary {name!r}, which is not available here; "
-                      "using the builtin one. Pass chords_mapping_path= (--chords-mapping) to that file.",
-                      stacklevel=2)
-    else:
+            recorded = ChordVocabulary.from_spec(name)
+            if explicit is not None:
+                mismatch = None
+                if explicit.card != recorded.card:
+                    mismatch = f"{explicit.card} labels vs {recorded.card}"
+                else:
+                    for i, (ours, theirs) in enumerate(zip(explicit.labels, recorded.labels)):
+                        if ours != theirs and chord_identity(ours) != chord_identity(theirs):
+                            mismatch = f"index {i} is {ours!r} in the given one but {theirs!r} in the model's"
+                            break
+                if mismatch is not None:
+                    raise ChordVocabularyError(
+                        f"{given} ({explicit.card} labels) is not the chord vocabulary the model was trained with, "
+                        f"chords_vocabulary={name!r} recorded in its xp.cfg ({recorded.card} labels): {mismatch}. "
+                        "Drop chords_mapping_path= (--chords-mapping): the model's own vocabulary is used.")
+            return recorded
+        if explicit is None:
+            warnings.warn(f"the model was trained with the chord vocabulary {name!r}, which is not available here; "
+                          "using the builtin one. Pass chords_mapping_path= (--chords-mapping) to that file.",
+                          stacklevel=2)
+    elif explicit is None:
         warnings.warn("no chord mapping given: using the builtin vocabulary. Published JASCO models were trained "
                       "with chord_to_index_mapping.pkl, which orders chords differently: pass "
                       "chords_mapping_path= (--chords-mapping) to it, or the chords will be wrong.", stacklevel=2)
-    return ChordVocabulary.builtin()
+    return explicit if explicit is not None else ChordVocabulary.builtin()

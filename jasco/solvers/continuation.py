@@ -1,7 +1,9 @@
 """`continue_from`: start a run from a published/exported model or another experiment's best state.
 
-Sources: `//pretrained/<repo id or local dir>` (an exported model, e.g.
-`facebook/jasco-chords-drums-400M`), `//sig/<SIG>` (another experiment), or a checkpoint path.
+Sources (`ACCEPTED_SOURCES`): `//pretrained/<repo id or local dir>` (a published or exported model,
+e.g. `facebook/jasco-chords-drums-400M`), `//sig/<SIG>` (another experiment), a `checkpoint.th`,
+an experiment folder (holding `checkpoint.th`), an export folder (holding `state_dict.bin`, what
+`jasco-export` writes; the same as `//pretrained/DIR`) or a `state_dict.bin` file.
 A run that already has its own `checkpoint.th` resumes it instead (continue_from is ignored).
 """
 from __future__ import annotations
@@ -15,10 +17,26 @@ import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from jasco.environment import dora_dir
-from jasco.models.loaders import ModelLoadError, best_state_of, load_jasco_model
-from jasco.solvers.checkpoint import load_checkpoint, resolve_checkpoint
+from jasco.models.loaders import (
+    MODEL_FILE,
+    ModelLoadError,
+    best_state_of,
+    load_jasco_model,
+)
+from jasco.solvers.checkpoint import (
+    CHECKPOINT_NAME,
+    SIG_PREFIX,
+    load_checkpoint,
+    resolve_checkpoint,
+)
 
 logger = logging.getLogger(__name__)
+
+PRETRAINED_PREFIX = "//pretrained/"
+ACCEPTED_SOURCES = (f"{PRETRAINED_PREFIX}NAME_OR_DIR (a Hugging Face repo id or an exported folder), "
+                    f"{SIG_PREFIX}SIG (another experiment), a {CHECKPOINT_NAME} file, an experiment folder (holding "
+                    f"{CHECKPOINT_NAME}), an export folder (holding {MODEL_FILE}, written by jasco-export) or a "
+                    f"{MODEL_FILE} file")
 
 # Config keys that change the network's parameters: they must agree with the starting model.
 ARCHITECTURE_KEYS = ("transformer_lm.dim", "transformer_lm.num_heads", "transformer_lm.num_layers",
@@ -89,17 +107,55 @@ def architecture_differences(run_cfg: Any, source_cfg: Any) -> dict[str, tuple[A
     return {k: (ours.get(k), theirs.get(k)) for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)}
 
 
+def _load_export(source: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """State_dict and config of a published / exported model (the model is built to match its keys)."""
+    model = load_jasco_model(source, device="cpu")
+    return model.state_dict(), _as_dict(model.cfg)
+
+
 def load_source(source: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """The model state_dict and config of a `continue_from` source."""
-    if source.startswith("//pretrained/"):
-        model = load_jasco_model(source[len("//pretrained/"):], device="cpu")
-        return model.state_dict(), _as_dict(model.cfg)
-    path = resolve_checkpoint(source, dora_dir())
+    """The model state_dict and config of a `continue_from` source (one of `ACCEPTED_SOURCES`).
+
+    Raises:
+        ContinuationError: the source is none of the accepted forms (the message lists them), or
+            a checkpoint without a best state.
+        FileNotFoundError: `//sig/SIG` names an experiment without a checkpoint.
+    """
+    if source.startswith(PRETRAINED_PREFIX):
+        name = source[len(PRETRAINED_PREFIX):]
+        if not name.strip("/"):
+            raise ContinuationError(f"continue_from={source} names no model. Accepted sources: {ACCEPTED_SOURCES}.")
+        return _load_export(name)
+    if source.startswith(SIG_PREFIX):
+        path = resolve_checkpoint(source, dora_dir())
+    else:
+        path = Path(source).expanduser()
+        if path.is_dir():
+            if (path / CHECKPOINT_NAME).is_file():
+                path = path / CHECKPOINT_NAME
+            elif (path / MODEL_FILE).is_file():
+                return _load_export(str(path))
+            else:
+                raise ContinuationError(
+                    f"continue_from={source}: the folder {path} holds neither {CHECKPOINT_NAME} (an experiment "
+                    f"folder) nor {MODEL_FILE} (an export folder). Accepted sources: {ACCEPTED_SOURCES}.")
+        elif not path.is_file():
+            hint = (f" For a Hugging Face repo id write continue_from={PRETRAINED_PREFIX}{source}."
+                    if source.count("/") == 1 and not source.startswith((".", "~")) else "")
+            raise ContinuationError(f"continue_from={source}: {path} does not exist.{hint} "
+                                    f"Accepted sources: {ACCEPTED_SOURCES}.")
+        elif path.name == MODEL_FILE:
+            return _load_export(str(path))
     state = load_checkpoint(path)
+    if state.get("exported") is True:  # an export under another file name
+        return _load_export(str(path))
     try:
         best = best_state_of(state, path)
     except ModelLoadError as err:
         raise ContinuationError(f"continue_from={source}: {err}") from err
+    if "xp.cfg" not in state:
+        raise ContinuationError(f"continue_from={source}: {path} has no 'xp.cfg', so it is not a JASCO checkpoint. "
+                                f"Accepted sources: {ACCEPTED_SOURCES}.")
     return best, _as_dict(state["xp.cfg"])
 
 

@@ -1,22 +1,42 @@
-"""jasco.models.jasco.JASCO: shapes, windowed long generation, per-sample controls, input validation."""
+"""jasco.models.jasco.JASCO: shapes, windowed long generation, per-sample controls, input validation,
+the chord vocabulary rule, and the docs/INFERENCE.md Python example run as written."""
 from __future__ import annotations
 
+import pickle
+import re
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 from helpers_inference import debug_cfg, debug_model, export_model
+from omegaconf import open_dict
 
+from jasco.audio.io import audio_read, audio_write
 from jasco.controls.chords.vocabulary import ChordVocabulary, frame_chords
+from jasco.controls.melody.salience import one_hot_frames, write_salience
 from jasco.models.codec import EncodecCompressionModel
-from jasco.models.jasco import JASCO, crossfade_weights, window_starts
+from jasco.models.jasco import (
+    JASCO,
+    InvalidInputError,
+    crossfade_weights,
+    window_starts,
+)
+from jasco.models.loaders import ChordVocabularyError
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "INFERENCE.md"
 
 SR = 32000
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return export_model(debug_model(seed=2), tmp_path_factory.mktemp("debug_export"))
+def model():
+    return debug_model(seed=2)
+
+
+@pytest.fixture(scope="module")
+def folder(model, tmp_path_factory):
+    return export_model(model, tmp_path_factory.mktemp("debug_export"))
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +136,7 @@ def test_validation_errors(api):
         api.generate_music(["x"], drums_wav=torch.zeros(32000))
     with pytest.raises(ValueError, match="if it is \\[N, C\\], transpose it"):
         api.generate_music(["x"], drums_wav=torch.zeros(32000, 2))
-    with pytest.raises(ValueError, match="positive int"):
+    with pytest.raises(ValueError, match=r"drums_sample_rate must be an integer >= 1, got 0"):
         api.generate_music(["x"], drums_wav=torch.zeros(1, 32000), drums_sample_rate=0)
     with pytest.raises(ValueError, match="positive number of seconds"):
         api.generate_music(["x"], duration=0)
@@ -133,5 +153,178 @@ def test_missing_controls_and_vocabulary_size(tmp_path):
     with pytest.raises(ValueError, match="has no drums control"):
         api.generate_music(["x"], drums_wav=torch.zeros(1, 100))
     small = ChordVocabulary({"N": 0, "C": 1, "UNK": 2})
-    with pytest.raises(ValueError, match="3 labels but model x was trained with 194"):
+    with pytest.raises(ChordVocabularyError, match="3 labels vs 194"):  # the model records `builtin`
         JASCO("x", model, api.compression_model, small)
+    model.cfg = {}  # a model that records no vocabulary (like the published ones): only the size is checked
+    with pytest.raises(ChordVocabularyError, match="3 labels but model x was trained with 194"):
+        JASCO("x", model, api.compression_model, small)
+
+
+# ---------------------------------------------------------------- argument validation
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("kwargs, argument, fragment", [
+    ({"cfg_coef_all": NAN}, "cfg_coef_all", r"cfg_coef_all must be a finite number in \[0, 100\], got nan"),
+    ({"cfg_coef_all": INF}, "cfg_coef_all", r"cfg_coef_all must be a finite number in \[0, 100\], got inf"),
+    ({"cfg_coef_all": -1.0}, "cfg_coef_all", r"cfg_coef_all must be .* got -1.0"),
+    ({"cfg_coef_all": 1e9}, "cfg_coef_all", r"cfg_coef_all must be .* got 1000000000.0"),
+    ({"cfg_coef_all": "5"}, "cfg_coef_all", r"cfg_coef_all must be a finite number .* got '5'"),
+    ({"cfg_coef_txt": NAN}, "cfg_coef_txt", r"cfg_coef_txt must be a finite number in \[0, 100\], got nan"),
+    ({"euler": True, "euler_steps": 0}, "euler_steps", r"euler_steps must be an integer >= 1, got 0"),
+    ({"euler_steps": 2.5}, "euler_steps", r"euler_steps must be an integer >= 1, got 2.5"),
+    ({"euler_steps": True}, "euler_steps", r"euler_steps must be an integer >= 1, got True"),
+    ({"ode_rtol": 0.0}, "ode_rtol", r"ode_rtol must be a finite number > 0, got 0.0"),
+    ({"ode_atol": NAN}, "ode_atol", r"ode_atol must be a finite number > 0, got nan"),
+    ({"duration": 0}, "duration", r"duration must be a positive number of seconds .finite, in \(0, 3600\]\), got 0"),
+    ({"duration": 1e308}, "duration", r"duration must be a positive number of seconds .*got 1e\+308"),
+    ({"duration": NAN}, "duration", r"duration must be a positive number of seconds .*got nan"),
+    ({"duration": INF}, "duration", r"duration must be a positive number of seconds .*got inf"),
+    ({"overlap": NAN}, "overlap", r"overlap must be a finite number in \[0, 4\), got nan seconds"),
+    ({"overlap": -0.5}, "overlap", r"overlap must be a finite number in \[0, 4\), got -0.5"),
+    ({"overlap": 4.0}, "overlap", r"overlap must be .* got 4.0 seconds .model .* was trained on 4 s segments"),
+])
+def test_generation_params_are_checked(api, kwargs, argument, fragment):
+    before = (dict(api.generation_params), api.duration, api.overlap)
+    with pytest.raises(InvalidInputError, match=fragment) as info:
+        api.set_generation_params(**{"euler": True, "euler_steps": 2, "duration": 1.0, **kwargs})
+    assert info.value.argument == argument and isinstance(info.value, ValueError)
+    assert (api.generation_params, api.duration, api.overlap) == before  # a failed call changes nothing
+
+
+@pytest.mark.parametrize("kwargs, argument, fragment", [
+    ({"seed": -1}, "seed", r"seed must be an integer in \[0, 18446744073709551615\], got -1"),
+    ({"seed": 1.5}, "seed", r"seed must be an integer .* got 1.5"),
+    ({"seed": "0"}, "seed", r"seed must be an integer .* got '0'"),
+    ({"duration": NAN}, "duration", r"duration must be a positive number of seconds .*got nan"),
+    ({"duration": -2.0}, "duration", r"duration must be a positive number of seconds .*got -2.0"),
+    ({"chords": "C@0 G@2"}, "chords", r"chords must be one progression .*jasco.generate.parse_chords"),
+    ({"chords": [("C", 0.0), None]}, "chords", r"a mix of rows and progressions"),
+    ({"chords": [("C", INF)]}, "chords", r"chords of sample 0: .*starts must be finite and >= 0"),
+    ({"chords": [("C", 0.0), ("G",)]}, "chords", r"chords of sample 0: row 1 is \('G',\); expected \(label, start_s\)"),
+    ({"chords": [(0.0, 1)]}, "chords", r"chords of sample 0: .*expected \[start_s \(number\), label \(string\)\]"),
+    ({"drums_wav": torch.full((1, 32000), NAN)}, "drums_wav", r"drums_wav has 32000 NaN or infinite samples"),
+    ({"drums_wav": torch.zeros(1, 32000, dtype=torch.int16)}, "drums_wav", r"drums_wav must be float audio"),
+    ({"drums_wav": torch.zeros(1, 0)}, "drums_wav", r"drums_wav has no samples"),
+    ({"drums_wav": torch.zeros(0, 100)}, "drums_wav", r"drums_wav has 0 channels"),
+    ({"drums_wav": torch.zeros(1, 100), "drums_sample_rate": 44100.0}, "drums_sample_rate",
+     r"drums_sample_rate must be an integer >= 1, got 44100.0"),
+    ({"melody_salience_matrix": torch.full((53, 50), NAN)}, "melody_salience_matrix",
+     r"melody_salience_matrix has 2650 NaN or infinite values"),
+    ({"melody_salience_matrix": -torch.ones(53, 50)}, "melody_salience_matrix",
+     r"melody_salience_matrix has negative values .min -1."),
+])
+def test_generate_music_arguments_are_checked(api, kwargs, argument, fragment):
+    with pytest.raises(InvalidInputError, match=fragment) as info:
+        api.generate_music(["x"], **kwargs)
+    assert info.value.argument == argument
+
+
+def test_real_valued_melody_is_one_hot_encoded_with_a_warning(api):
+    salience = torch.rand(53, 50)
+    salience[:, 40:] = 0  # unvoiced frames stay unvoiced
+    with pytest.warns(UserWarning, match=r"not binary .*argmax"):
+        wav = api.generate_music(["x"], melody_salience_matrix=salience, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a binary one-hot matrix passes silently
+        expected = api.generate_music(["x"], melody_salience_matrix=one_hot_frames(salience), seed=1)
+    assert torch.equal(wav, expected)
+    assert torch.isfinite(wav).all()
+
+
+# ---------------------------------------------------------------- the chord vocabulary rule
+def _export_recording(model, tmp_path: Path, vocabulary: str | None) -> Path:
+    """Export `model` with `chords_vocabulary` set to `vocabulary` in its config (None: removed, as published)."""
+    original = model.cfg
+    cfg = original.copy()
+    with open_dict(cfg):
+        if vocabulary is None:
+            del cfg["chords_vocabulary"]
+        else:
+            cfg.chords_vocabulary = vocabulary
+    model.cfg = cfg
+    try:
+        return export_model(model, tmp_path)
+    finally:
+        model.cfg = original
+
+
+def _permuted_builtin(path: Path) -> Path:
+    """The builtin labels with indices 1 and 2 swapped (same size, other order), as .json."""
+    labels = ChordVocabulary.builtin().labels
+    labels[1], labels[2] = labels[2], labels[1]
+    ChordVocabulary({label: i for i, label in enumerate(labels)}).save_json(path)
+    return path
+
+
+def test_recorded_vocabulary_wins(model, folder, tmp_path):
+    permuted = _permuted_builtin(tmp_path / "permuted.json")
+    # The debug model records `builtin`: another order is an error naming both vocabularies.
+    with pytest.raises(ChordVocabularyError, match=(
+            rf"chords_mapping_path={re.escape(str(permuted))} \(194 labels\) is not the chord vocabulary the model "
+            r"was trained with, chords_vocabulary='builtin' recorded in its xp.cfg \(194 labels\): index 1 is "
+            r"'Cm' in the given one but 'C' in the model's.*Drop chords_mapping_path=")):
+        JASCO.get_pretrained(folder, device="cpu", chords_mapping_path=permuted)
+    small = tmp_path / "small.json"
+    ChordVocabulary({"N": 0, "C": 1, "UNK": 2}).save_json(small)
+    with pytest.raises(ChordVocabularyError, match=r"\(3 labels\) is not .*: 3 labels vs 194"):
+        JASCO.get_pretrained(folder, device="cpu", chords_mapping_path=small)
+    # The same vocabulary given explicitly (other spellings of the same chords too) is accepted.
+    same = ChordVocabulary.builtin().to_dict()
+    same = {("Db" if label == "C#" else label): i for label, i in same.items()}
+    (tmp_path / "same.pkl").write_bytes(pickle.dumps(same))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        api = JASCO.get_pretrained(folder, device="cpu", chords_mapping_path=tmp_path / "same.pkl")
+    assert api.chords_vocabulary.index("C#") == ChordVocabulary.builtin().index("C#")
+    # A model recording its own vocabulary file uses it without any mapping.
+    recorded = _export_recording(model, tmp_path / "custom", str(permuted))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        api = JASCO.get_pretrained(recorded, device="cpu")
+    assert api.chords_vocabulary.labels == ChordVocabulary.from_file(permuted).labels
+
+
+def test_models_without_a_recorded_vocabulary_need_the_mapping(model, tmp_path):
+    published_like = _export_recording(model, tmp_path / "published_like", None)
+    with pytest.warns(UserWarning, match=r"no chord mapping given: using the builtin vocabulary"):
+        api = JASCO.get_pretrained(published_like, device="cpu")
+    assert api.chords_vocabulary.labels == ChordVocabulary.builtin().labels
+    permuted = _permuted_builtin(tmp_path / "chord_to_index_mapping.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        api = JASCO.get_pretrained(published_like, device="cpu", chords_mapping_path=permuted)
+    assert api.chords_vocabulary.labels == ChordVocabulary.from_file(permuted).labels  # the given one is used
+
+
+# ---------------------------------------------------------------- docs/INFERENCE.md
+def python_blocks(markdown: str) -> list[str]:
+    """The ```python code blocks of a Markdown text."""
+    return re.findall(r"^```python\n(.*?)^```", markdown, flags=re.DOTALL | re.MULTILINE)
+
+
+def write_doc_inputs(folder: Path) -> None:
+    """The files the docs examples read: a drum stem, a melody salience and the chord mapping.
+
+    The mapping holds the debug model's own (builtin) vocabulary: a published model's
+    chord_to_index_mapping.pkl would not match it.
+    """
+    audio_write(folder / "drums.wav", torch.randn(2, 44100 * 3) * 0.2, 44100, normalize=False)
+    salience = torch.zeros(53, 86 * 3)
+    salience[20, :150] = 1.0
+    write_salience(folder / "melody.npz", salience, frame_rate=86.0)
+    (folder / "chord_to_index_mapping.pkl").write_bytes(pickle.dumps(ChordVocabulary.builtin().to_dict()))
+
+
+def test_docs_python_example_runs_as_written(folder, tmp_path, monkeypatch):
+    blocks = python_blocks(DOCS.read_text(encoding="utf-8"))
+    assert blocks and any("generate_music" in block for block in blocks)
+    write_doc_inputs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        code = re.sub(r"facebook/jasco-chords-drums(-melody)?-(400M|1B)", str(folder), block)
+        assert code != block  # the example names a published model, replaced by the tiny one
+        namespace: dict = {}
+        exec(compile(code, f"{DOCS}:python", "exec"), namespace)  # noqa: S102 - the docs example itself
+    assert audio_read(tmp_path / "pop.wav")[0].shape[-1] == 10 * SR
+    assert namespace["wav"].shape == (1, 1, 10 * SR) and namespace["latents"].shape == (1, 500, 128)

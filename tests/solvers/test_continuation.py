@@ -1,12 +1,13 @@
-"""`continue_from`: //sig, checkpoint paths, //pretrained exports, architecture mismatches."""
+"""`continue_from`: //sig, checkpoint paths, //pretrained exports, export folders and files, unknown
+sources, architecture mismatches."""
 from __future__ import annotations
 
 import pytest
 import torch
 from helpers_training import ensure_example, experiment
 
-from jasco.solvers.continuation import ContinuationError
 from jasco.export import export_checkpoint
+from jasco.solvers.continuation import ContinuationError, load_source
 
 QUICK = ["solver=jasco/debug", "optim.epochs=1", "generate.every=0", "evaluate.every=0"]
 
@@ -81,3 +82,42 @@ def test_missing_source_is_a_clear_error(source_run):
     dora_dir, _, _ = source_run
     with pytest.raises(FileNotFoundError, match="nonexistent"):
         start(dora_dir, QUICK + ["continue_from=//sig/nonexistent"])
+
+
+def test_continue_from_export_folder_and_file(source_run, tmp_path):
+    dora_dir, sig, best = source_run
+    out = tmp_path / "exported"
+    export_checkpoint(dora_dir / "xps" / sig / "checkpoint.th", out)
+    # An export folder works without //pretrained/, and so does its state_dict.bin.
+    solver = start(dora_dir, QUICK + ["optim.lr=4e-4", f"continue_from={out}"])
+    assert_same_weights(solver.model, best)
+    state, cfg = load_source(str(out / "state_dict.bin"))
+    assert set(state) == set(best) and all(torch.equal(state[k], v) for k, v in best.items())
+    assert cfg["transformer_lm"]["num_layers"] == 2
+    renamed = out / "my_model.bin"  # an export under another name is recognised by its contents
+    renamed.write_bytes((out / "state_dict.bin").read_bytes())
+    state, _ = load_source(str(renamed))
+    assert all(torch.equal(state[k], v) for k, v in best.items())
+    # An experiment folder is still read through its checkpoint.th.
+    state, _ = load_source(str(dora_dir / "xps" / sig))
+    assert all(torch.equal(state[k], v) for k, v in best.items())
+
+
+ACCEPTED = (r"Accepted sources: //pretrained/NAME_OR_DIR \(a Hugging Face repo id or an exported folder\), "
+            r"//sig/SIG \(another experiment\), a checkpoint.th file, an experiment folder \(holding checkpoint.th\), "
+            r"an export folder \(holding state_dict.bin, written by jasco-export\) or a state_dict.bin file")
+
+
+def test_unknown_sources_list_the_accepted_forms(tmp_path):
+    with pytest.raises(ContinuationError, match=rf"continue_from={tmp_path}/nothing: .*nothing does not exist. "
+                                                rf"{ACCEPTED}"):
+        load_source(str(tmp_path / "nothing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ContinuationError, match=r"the folder .*empty holds neither checkpoint.th \(an experiment "
+                                                rf"folder\) nor state_dict.bin \(an export folder\). {ACCEPTED}"):
+        load_source(str(tmp_path / "empty"))
+    with pytest.raises(ContinuationError, match=r"For a Hugging Face repo id write "
+                                                r"continue_from=//pretrained/facebook/not-here"):
+        load_source("facebook/not-here")
+    with pytest.raises(ContinuationError, match=rf"continue_from=//pretrained/ names no model. {ACCEPTED}"):
+        load_source("//pretrained/")
