@@ -1,5 +1,5 @@
 """Where things live: Dora experiment folders, team/cluster settings, reference and cache folders,
-and the compute device (`resolve_device`).
+the compute device (`resolve_device`), and how files get there (`atomic_write`, `atomic_path`).
 
 Environment variables:
     JASCO_DORA_DIR: experiment root (default: the team config's `dora_dir`, else `<repo>/outputs`).
@@ -11,11 +11,14 @@ Environment variables:
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import tempfile
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
@@ -121,3 +124,69 @@ def resolve_device(name: str) -> torch.device:
 def resolve_dataset_path(path: str | Path) -> Path:
     """A `datasource.*` path: the team's dataset mappers, then `//reference/...`, relative to the repo."""
     return resolve_reference_path(apply_dataset_mappers(str(path)))
+
+
+# ---------------------------------------------------------------- atomic writes
+@lru_cache(maxsize=1)
+def _file_mode() -> int:
+    """Permissions of a newly created file (0o666 minus the umask); temp files start at 0o600."""
+    try:  # Linux exposes the umask without changing it
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o644
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, fsync: bool = False) -> Iterator[Path]:
+    """Yield a unique temporary path next to `path`; when the block succeeds, rename it over `path`.
+
+    Readers see the old file or the complete new one, never a partial one, and two processes
+    writing the same file cannot mix their bytes (each has its own temp name; the last rename
+    wins). The temp name keeps `path`'s suffix, so writers that infer the format from it (audio,
+    `.npy`) still work. On any error, KeyboardInterrupt included, the temp file is removed and
+    `path` is left as it was. Missing parent folders are created.
+
+    Args:
+        path: the file to (re)place.
+        fsync: flush the data to disk before the rename (checkpoints).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        if fsync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8",
+                 fsync: bool = False) -> Iterator[IO]:
+    """Open a unique temporary file next to `path` for writing; rename it over `path` on success.
+
+    `mode` is `"w"` (text, `encoding`) or `"wb"` (binary); see `atomic_path` for the guarantees.
+    Example: `with atomic_write(out / "tracks.jsonl") as f: f.write(text)`.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write mode must be 'w' or 'wb', got {mode!r}.")
+    with atomic_path(path, fsync=fsync) as tmp:
+        with open(tmp, mode, encoding=None if "b" in mode else encoding) as f:
+            yield f
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` (UTF-8) to `path` atomically; returns `path`."""
+    with atomic_write(path) as f:
+        f.write(text)
+    return Path(path)

@@ -1,14 +1,18 @@
-"""Build the codec, conditioners, fuser and FlowMatchingModel from a (published-layout) config.
+"""Build the codec, conditioners, fuser and FlowMatchingModel from a config.
 
 Conditioners are declared the published way: `conditioners.NAME.model: KIND` plus
-`conditioners.NAME.KIND: {kwargs}`; KIND is looked up in `CONDITIONER_REGISTRY`. Keys a builder
-does not use are ignored, so a published `xp.cfg` builds our model.
+`conditioners.NAME.KIND: {kwargs}`; KIND is looked up in `CONDITIONER_REGISTRY`. The builders are
+strict: a key they do not know is an error that names it and the known ones, so a typo in an
+override cannot silently do nothing. A published `xp.cfg` also carries keys that do not concern
+this model (`transformer_lm.n_q`, ...): `jasco.models.loaders.model_config` keeps only the keys
+listed here (`TRANSFORMER_LM_KEYS`, `CONDITIONER_REGISTRY[kind].keys`, ...) before building.
 """
 from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from jasco.controls.melody.salience import N_MELODY_BINS
+from jasco.environment import resolve_device
 from jasco.models.codec import PUBLISHED_LATENT_MEAN, PUBLISHED_LATENT_STD, EncodecCompressionModel
 from jasco.models.flow_matching import FlowMatchingModel
 from jasco.modules.conditioners import (
@@ -40,23 +45,34 @@ def _to_dict(cfg: Any) -> dict:
     return dict(cfg)
 
 
-def _call_with_known(fn: Callable, kwargs: dict, where: str) -> Any:
-    """Call `fn` with the kwargs it accepts; log (not fail on) the others, published configs have extras."""
-    params = inspect.signature(fn).parameters
-    known = {k: v for k, v in kwargs.items() if k in params}
-    ignored = sorted(set(kwargs) - set(known))
-    if ignored:
-        logger.debug("%s: ignoring config keys %s", where, ignored)
-    return fn(**known)
+def _argument_names(fn: Callable, supplied: tuple[str, ...] = ()) -> frozenset[str]:
+    """Arguments of `fn` that a config section may set (`supplied` ones come from elsewhere)."""
+    return frozenset(name for name in inspect.signature(fn).parameters if name not in ("self", *supplied))
+
+
+def check_keys(section: Mapping[str, Any], known: Iterable[str], where: str) -> None:
+    """Raise ValueError naming the keys of config section `where` that are not in `known`."""
+    known = sorted(known)
+    unknown = sorted(str(key) for key in section if key not in known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known keys: {known}")
+
+
+# `transformer_lm` sets the FlowMatchingModel arguments; these come from other sections instead.
+_SUPPLIED_FLOW_ARGS = ("condition_provider", "fuser", "cfg_dropout", "attribute_dropout",
+                       "condition_dropout_per_sample")
+TRANSFORMER_LM_KEYS = _argument_names(FlowMatchingModel.__init__, _SUPPLIED_FLOW_ARGS)
+FUSER_KEYS = frozenset(FUSE_METHODS) | {"cross_attention_pos_emb", "cross_attention_pos_emb_scale"}
+CLASSIFIER_FREE_GUIDANCE_KEYS = frozenset({"training_dropout"})
 
 
 # ---------------------------------------------------------------- conditioners
 def _t5(cfg: dict, dim: int, codec: nn.Module | None, frames: int) -> BaseConditioner:
-    return _call_with_known(T5Conditioner, {**cfg, "output_dim": dim}, "t5")
+    return T5Conditioner(output_dim=dim, **cfg)
 
 
 def _hashed_text(cfg: dict, dim: int, codec: nn.Module | None, frames: int) -> BaseConditioner:
-    return _call_with_known(HashedTextConditioner, {**cfg, "output_dim": dim}, "hashed_text")
+    return HashedTextConditioner(output_dim=dim, **cfg)
 
 
 def _chords(cfg: dict, dim: int, codec: nn.Module | None, frames: int) -> BaseConditioner:
@@ -70,38 +86,60 @@ def _melody(cfg: dict, dim: int, codec: nn.Module | None, frames: int) -> BaseCo
 def _drums(cfg: dict, dim: int, codec: nn.Module | None, frames: int) -> BaseConditioner:
     if codec is None:
         raise ValueError("The drums conditioner needs the compression model (pass compression_model).")
-    return _call_with_known(DrumsConditioner, {**cfg, "output_dim": cfg["out_dim"], "compression_model": codec},
-                            "drum_latents")
+    kwargs = {key: value for key, value in cfg.items() if key != "out_dim"}
+    return DrumsConditioner(cfg["out_dim"], codec, **kwargs)
 
 
-ConditionerFactory = Callable[[dict, int, "nn.Module | None", int], BaseConditioner]
-CONDITIONER_REGISTRY: dict[str, ConditionerFactory] = {
-    "t5": _t5,
-    "hashed_text": _hashed_text,
-    "chords_emb": _chords,
-    "melody": _melody,
-    "drum_latents": _drums,
+@dataclass(frozen=True)
+class ConditionerKind:
+    """One choice of `conditioners.NAME.model`: how to build it, and the keys of its section.
+
+    Attributes:
+        build: `build(section, model_dim, compression_model, n_frames)` → the conditioner.
+        keys: the keys `conditioners.NAME.KIND` may hold.
+    """
+
+    build: Callable[[dict, int, nn.Module | None, int], BaseConditioner]
+    keys: frozenset[str]
+
+
+CONDITIONER_REGISTRY: dict[str, ConditionerKind] = {
+    "t5": ConditionerKind(_t5, _argument_names(T5Conditioner, ("output_dim",))),
+    "hashed_text": ConditionerKind(_hashed_text, _argument_names(HashedTextConditioner, ("output_dim",))),
+    "chords_emb": ConditionerKind(_chords, frozenset({"out_dim", "card"})),
+    "melody": ConditionerKind(_melody, frozenset({"out_dim", "card"})),
+    "drum_latents": ConditionerKind(
+        _drums, _argument_names(DrumsConditioner, ("output_dim", "compression_model")) | {"out_dim"}),
 }
 
 
 def get_condition_provider(cfg: DictConfig | dict, output_dim: int, compression_model: nn.Module | None = None,
                            n_frames: int = 500) -> ConditionProvider:
-    """Conditioners from `cfg` = the `conditioners` section (`{name: {model: KIND, KIND: {...}}}`)."""
+    """Conditioners from `cfg` = the `conditioners` section (`{name: {model: KIND, KIND: {...}}}`).
+
+    A section may also hold the kwargs of other kinds (a config switching `model` keeps them);
+    only the selected kind's are read, and they must all be arguments of that kind.
+    """
     conditioners = {}
     for name, section in _to_dict(cfg).items():
         if not isinstance(section, dict) or "model" not in section:
-            continue  # e.g. `args` sections of older configs
+            raise ValueError(f"conditioners.{name} must be a mapping with a `model` key "
+                             f"(one of {sorted(CONDITIONER_REGISTRY)})")
         kind = section["model"]
         if kind not in CONDITIONER_REGISTRY:
             raise ValueError(f"conditioners.{name}.model={kind!r} is unknown; known: {sorted(CONDITIONER_REGISTRY)}")
-        conditioners[name] = CONDITIONER_REGISTRY[kind](section.get(kind) or {}, output_dim, compression_model, n_frames)
+        check_keys(section, {"model", *CONDITIONER_REGISTRY}, f"conditioners.{name}")
+        kwargs = section.get(kind) or {}
+        check_keys(kwargs, CONDITIONER_REGISTRY[kind].keys, f"conditioners.{name}.{kind}")
+        conditioners[name] = CONDITIONER_REGISTRY[kind].build(kwargs, output_dim, compression_model, n_frames)
     return ConditionProvider(conditioners)
 
 
 def get_condition_fuser(cfg: DictConfig | dict) -> ConditionFuser:
     """Fuser from the `fuser` section (lists of condition names per method)."""
     cfg = _to_dict(cfg)
-    fuse2cond = {k: v for k, v in cfg.items() if k in FUSE_METHODS}
+    check_keys(cfg, FUSER_KEYS, "fuser")
+    fuse2cond = {method: cfg[method] for method in FUSE_METHODS if method in cfg}
     return ConditionFuser(fuse2cond, cross_attention_pos_emb=cfg.get("cross_attention_pos_emb", False),
                           cross_attention_pos_emb_scale=cfg.get("cross_attention_pos_emb_scale", 1.0))
 
@@ -117,38 +155,40 @@ def get_compression_model(cfg: DictConfig | dict) -> EncodecCompressionModel:
 
 
 # ---------------------------------------------------------------- flow model
+def _check_dropout_names(attribute_dropout: dict, provider: ConditionProvider) -> None:
+    """Every `attribute_dropout.KIND.NAME` must name a conditioner of that kind."""
+    for kind, probabilities in attribute_dropout.items():
+        check_keys(probabilities or {}, provider.names(kind), f"attribute_dropout.{kind}")
+
+
 def get_flow_matching_model(cfg: DictConfig | dict, compression_model: nn.Module | None) -> FlowMatchingModel:
-    """The JASCO network from a full config (`transformer_lm`, `conditioners`, `fuser`, dropouts)."""
+    """The JASCO network from a full config (`transformer_lm`, `conditioners`, `fuser`, dropouts).
+
+    Raises:
+        ValueError: a section holds a key that this model does not know (named in the message).
+    """
     cfg = _to_dict(cfg)
     lm = dict(cfg["transformer_lm"])
+    check_keys(lm, TRANSFORMER_LM_KEYS, "transformer_lm")
     frame_rate = cfg.get("compression_model_framerate", 50)
     duration = cfg.get("dataset", {}).get("segment_duration") or 10
     n_frames = int(round(duration * frame_rate))
     provider = get_condition_provider(cfg.get("conditioners", {}), lm["dim"], compression_model, n_frames)
     fuser = get_condition_fuser(cfg.get("fuser", {}))
-    cfg_section = cfg.get("classifier_free_guidance", {})
-    lm.update(cfg_dropout=cfg_section.get("training_dropout", 0.0),
-              cfg_coef=cfg_section.get("inference_coef", 3.0),
-              attribute_dropout=cfg.get("attribute_dropout", {}),
-              condition_dropout_per_sample=cfg.get("condition_dropout_per_sample", False))
-    # `two_step_cfg`, `emb_lr`, `n_q`, `card`, `memory_efficient`, ... do not concern this model.
-    return _build_flow(provider, fuser, lm)
-
-
-def _build_flow(provider: ConditionProvider, fuser: ConditionFuser, lm: dict) -> FlowMatchingModel:
-    params = inspect.signature(FlowMatchingModel.__init__).parameters
-    known = {k: v for k, v in lm.items() if k in params and k not in ("condition_provider", "fuser")}
-    ignored = sorted(set(lm) - set(known))
-    if ignored:
-        logger.debug("transformer_lm: ignoring keys %s", ignored)
-    return FlowMatchingModel(provider, fuser, **known)
+    guidance = cfg.get("classifier_free_guidance") or {}
+    check_keys(guidance, CLASSIFIER_FREE_GUIDANCE_KEYS, "classifier_free_guidance")
+    attribute_dropout = cfg.get("attribute_dropout") or {}
+    _check_dropout_names(attribute_dropout, provider)
+    return FlowMatchingModel(provider, fuser, cfg_dropout=guidance.get("training_dropout", 0.0),
+                             attribute_dropout=attribute_dropout,
+                             condition_dropout_per_sample=cfg.get("condition_dropout_per_sample", False), **lm)
 
 
 def get_jasco_model(cfg: DictConfig | dict, compression_model: nn.Module | None = None,
                     device: str | torch.device | None = None) -> FlowMatchingModel:
-    """Codec (from config unless given) + flow model, on `device` (default `cfg.device`)."""
+    """Codec (from config unless given) + flow model, on `device` (default: `cfg.device`, see `resolve_device`)."""
     if compression_model is None:
         compression_model = get_compression_model(cfg)
     model = get_flow_matching_model(cfg, compression_model)
-    device = device or _to_dict(cfg).get("device", "cpu")
+    device = device or resolve_device(_to_dict(cfg).get("device", "cpu"))
     return model.to(device)

@@ -60,7 +60,7 @@ class FlowMatchingModel(nn.Module):
                  activation: str = "gelu", positional_embedding: str = "sin", causal: bool = False,
                  skip_connections: bool = False, layer_dropout_p: float | None = None, dropout: float = 0.0,
                  weight_init: str | None = "gaussian", depthwise_init: str | None = "current",
-                 zero_bias_init: bool = True, cfg_dropout: float = 0.0, cfg_coef: float = 3.0,
+                 zero_bias_init: bool = True, cfg_dropout: float = 0.0,
                  attribute_dropout: dict[str, dict[str, float]] | None = None,
                  condition_dropout_per_sample: bool = False, checkpointing: str = "none"):
         super().__init__()
@@ -68,7 +68,7 @@ class FlowMatchingModel(nn.Module):
             raise ValueError(f"positional_embedding={positional_embedding!r}: only 'sin' is supported")
         self.condition_provider = condition_provider
         self.fuser = fuser
-        self.dim, self.flow_dim, self.cfg_coef = dim, flow_dim, cfg_coef
+        self.dim, self.flow_dim = dim, flow_dim
         dims = {"chords": chords_dim, "self_wav": drums_dim, "melody": melody_dim}
         self.temporal_dims = {name: d for name, d in dims.items() if d > 0}
         for name, d in self.temporal_dims.items():

@@ -48,7 +48,7 @@ def dataset_kwargs(dataset_cfg: DictConfig, split: str) -> dict[str, Any]:
         raise ValueError(f"dataset.{split}: unknown key(s) {unknown}; known: {sorted(DATASET_ARGS)}")
     kwargs = {}
     for arg in DATASET_ARGS:
-        value = section[arg] if arg in section else None
+        value = section.get(arg)
         value = dataset_cfg.get(arg) if value is None else value
         if value is not None:
             kwargs[arg] = value

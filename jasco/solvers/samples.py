@@ -46,14 +46,19 @@ def conditions_record(info: JascoInfo, frame_rate: float, labels: list[str] | No
 def write_samples(out_dir: Path, audio: torch.Tensor, sample_rate: int, infos: list[JascoInfo],
                   start_index: int, audio_cfg: Any, tensorboard: Any = None, epoch: int = 0,
                   frame_rate: float = 50.0, chord_labels: list[str] | None = None) -> list[Path]:
-    """Write `audio [B, C, N]` as `<out_dir>/<id>.wav` + `<id>.json` (+ `<id>.png`); log to TensorBoard."""
+    """Write `audio [B, C, N]` as `<out_dir>/<id>.<format>` + `<id>.json` (+ `<id>.png`); log to TensorBoard.
+
+    `audio_cfg` is the `generate.audio` section: `format` (the file suffix: wav, flac, ogg, ...),
+    `strategy` and `loudness_headroom_db` (normalisation). Audio and pictures go to TensorBoard
+    only when its logger has `with_media_logging` (the `tensorboard.with_media_logging` key).
+    """
     from jasco.controls.plotting import plot_controls  # matplotlib is heavy: import on use
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, (wav, info) in enumerate(zip(audio.cpu(), infos)):
         name = f"{start_index + i:03d}_{Path(info.meta.path).stem}"
-        path = audio_write(out_dir / f"{name}.wav", wav, sample_rate, strategy=audio_cfg.strategy,
+        path = audio_write(out_dir / f"{name}.{audio_cfg.format}", wav, sample_rate, strategy=audio_cfg.strategy,
                            loudness_headroom_db=audio_cfg.loudness_headroom_db, log_clipping=False)
         record = conditions_record(info, frame_rate, chord_labels)
         (out_dir / f"{name}.json").write_text(json.dumps(record, indent=2))
@@ -62,7 +67,7 @@ def write_samples(out_dir: Path, audio: torch.Tensor, sample_rate: int, infos: l
                                 drums=None if info.drums is None else info.drums.wav,
                                 drums_sample_rate=None if info.drums is None else info.drums.sample_rate,
                                 frame_rate=frame_rate, title=info.description or name)
-        if tensorboard is not None and getattr(tensorboard, "writer", None) is not None:
+        if getattr(tensorboard, "writer", None) is not None and getattr(tensorboard, "with_media_logging", True):
             import matplotlib.image
             tensorboard.writer.add_audio(f"generate/{name}", wav.mean(0, keepdim=True).clamp(-0.99, 0.99),
                                          epoch, sample_rate)

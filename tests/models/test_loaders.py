@@ -76,7 +76,7 @@ def _reduced_published_cfg(dim: int, heads: int) -> dict:
 
 
 def _round_trip(cfg: dict, codec: EncodecCompressionModel, tmp_path) -> tuple[dict, dict]:
-    model = get_flow_matching_model(cfg, codec)
+    model = get_flow_matching_model(loaders.model_config(cfg), codec)
     gen = torch.Generator().manual_seed(0)
     state = {k: torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
              for k, v in model.state_dict().items()}
