@@ -44,3 +44,21 @@ install-chords: install
 	$(PY) -m pip install -q --no-build-isolation "vamp>=1.1"
 	$(PY) -m pip install -q --no-build-isolation "chord-extractor>=0.1.3"
 	$(PY) -c "from jasco.controls.chords.recognition import chordino_available as ok; assert ok(), 'Chordino plugin not found'; print('Chordino OK')"
+
+# Debian packages that tests/test_music_corpus.py needs (scripts/make_music_corpus.py renders MIDI
+# with FluidSynth and a GM soundfont). Installs only what is missing, and only as root (CI runs
+# `.ci/run` as root on a clean Debian); otherwise it prints the apt line and those tests skip.
+SYSTEM_PACKAGES := fluidsynth timgm6mb-soundfont
+.PHONY: system-deps
+system-deps:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null \
+		| grep -q "install ok installed" || echo $$p; done); \
+	missing=$$(echo $$missing); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian packages: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends $$missing; \
+	else \
+		echo "note: Debian packages missing: $$missing (apt-get install $$missing); tests that need them skip"; \
+	fi
