@@ -7,13 +7,14 @@ GPU count (4 nodes x 8) are the values this grid launches with.
 import os
 
 from jasco.grids._explorers import JascoExplorer
+from jasco.grids._slurm import place
 
 
 @JascoExplorer
 def explorer(launcher):
-    launcher.slurm_(gpus=32, partition=None, mem_per_gpu=40)
+    place(launcher, gpus=32)  # one task per GPU; CPUs, memory and partitions from the team config
     launcher.bind_({"solver": "jasco/chords_drums", "dset": os.environ.get("JASCO_DSET", "audio/default"),
-                    "device": "cuda", "autocast": True})
+                    "autocast": True})
     for scale in ("small", "medium"):
         launcher({"model/lm/model_scale": scale})
     launcher({"model/lm/model_scale": "small", "solver": "jasco/chords_drums_melody"})
