@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,24 +39,24 @@ from jasco.models.codec import (
     is_hub_codec,
 )
 from jasco.models.loaders import CODEC_FILE, CODEC_PREFIX, MODEL_FILE, best_state_of, read_checkpoint
-from jasco.solvers.checkpoint import SIG_PREFIX, resolve_checkpoint
+from jasco.solvers.checkpoint import SIG_PREFIX, resolve_checkpoint, state_bytes
 
 logger = logging.getLogger(__name__)
 
 
 
+DISK_FULL_HINT = "free space or export to a folder on another disk"
+
+
 def _atomic_save(obj: Any, out_file: str | os.PathLike) -> Path:
-    """`torch.save` to a temporary file in the target folder, then rename over `out_file`."""
+    """`torch.save` to a unique temporary file in the target folder, then rename over `out_file`.
+
+    The file gets the usual mode under the process umask (0o644 with umask 022), so a shared model
+    folder stays readable. A full disk raises `environment.DiskFullError` and leaves no temp file.
+    """
     out_file = Path(out_file)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_file.name}.", suffix=".tmp", dir=out_file.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, out_file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with environment.atomic_write(out_file, "wb", needed_bytes=state_bytes(obj), disk_full_hint=DISK_FULL_HINT) as f:
+        torch.save(obj, f)
     return out_file
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from jasco.data.side_files import SideFileError
+from jasco.environment import atomic_write
 
 
 def write_drum_codes(path: str | Path, codes: torch.Tensor, cardinality: int = 2048) -> Path:
@@ -24,11 +25,8 @@ def write_drum_codes(path: str | Path, codes: torch.Tensor, cardinality: int = 2
     if cardinality > np.iinfo(np.int16).max + 1:
         raise ValueError(f"codebook size {cardinality} does not fit int16 drum-code files.")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as f:
+    with atomic_write(path, "wb") as f:
         np.save(f, codes.cpu().numpy().astype(np.int16), allow_pickle=False)
-    tmp.replace(path)
     return path
 
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from jasco.data.side_files import SideFileError
+from jasco.environment import atomic_write, write_text_atomic
 
 CODEC_FILE = "codec.json"
 LATENT_DIM = 128  # EnCodec 32 kHz latent width F
@@ -82,15 +83,20 @@ def codec_identity(codec: nn.Module) -> dict[str, Any]:
 
 
 def write_latents(path: str | Path, latents: torch.Tensor, dtype: str = "float16") -> Path:
-    """Write raw latents `[T, F]` as a memory-mappable `.npy` (atomically: temp file, then rename)."""
+    """Write raw latents `[T, F]` as a memory-mappable `.npy` (atomically: unique temp file, then rename).
+
+    Raises:
+        ValueError: a bad dtype, or non-finite latents (NaN/inf would poison training silently).
+    """
     if dtype not in ("float16", "float32"):
         raise ValueError(f"dtype must be float16 or float32, got {dtype!r}.")
+    array = latents.detach().cpu().numpy().astype(dtype)
+    if not np.isfinite(array).all():
+        raise ValueError(f"latents for {path} hold {int((~np.isfinite(array)).sum())} non-finite values "
+                         f"(NaN/inf; the audio or the codec is broken, or they overflow {dtype}); not written.")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as f:
-        np.save(f, latents.detach().cpu().numpy().astype(dtype), allow_pickle=False)
-    tmp.replace(path)
+    with atomic_write(path, "wb") as f:
+        np.save(f, array, allow_pickle=False)
     return path
 
 
@@ -113,8 +119,7 @@ def write_codec_identity(root: str | Path, codec: nn.Module) -> dict[str, Any]:
     if existing.exists():
         check_identity(_read_identity(existing), identity, existing)
         return identity
-    root.mkdir(parents=True, exist_ok=True)
-    existing.write_text(json.dumps(identity, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    write_text_atomic(existing, json.dumps(identity, indent=1, sort_keys=True) + "\n")
     return identity
 
 

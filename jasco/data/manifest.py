@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from jasco.audio.io import AUDIO_EXTENSIONS, AudioReadError, audio_info, audio_read
+from jasco.environment import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def _manifest_file(path_or_dir: str | Path) -> Path:
         raise ManifestError(f"No manifest in directory {path}: expected one of {', '.join(MANIFEST_NAMES)}.")
     if not path.exists():
         raise ManifestError(f"Manifest {path} does not exist; build one with "
-                            "`python -m jasco.data.audio_dataset ROOT OUT.jsonl`.")
+                            "`python -m jasco.prepare.manifest ROOT OUT.jsonl`.")
     return path
 
 
@@ -152,6 +153,9 @@ def save_manifest(path: str | Path, metas: list[AudioMeta], relative: bool = Fal
         path: output file.
         metas: entries to write (relative paths in them are taken relative to the working directory).
         relative: store paths relative to the manifest's directory (portable datasets) instead of absolute.
+
+    The file is replaced atomically (a unique temp file, then a rename): a reader, or a second
+    writer, never sees a half-written manifest.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,7 +171,7 @@ def save_manifest(path: str | Path, metas: list[AudioMeta], relative: bool = Fal
             return os.path.relpath(absolute, base)
 
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "wt", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, opener(tmp, "wt", encoding="utf-8") as f:
         for meta in metas:
             f.write(json.dumps(_map_paths(meta, fix).to_dict()) + "\n")
     return path

@@ -8,6 +8,7 @@ second at 32 kHz), `D` latent dim (128), `K` codebooks.
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
@@ -212,6 +213,10 @@ class EncodecCompressionModel(nn.Module):
                 `facebook/encodec_32khz`.
             cache_dir: hub cache folder; defaults to `$JASCO_CACHE_DIR` when set.
             **kwargs: forwarded to the constructor (`latent_mean`, `latent_std`, `frozen`).
+
+        Raises:
+            environment.HubUnavailableError: offline or the hub is unreachable, and the codec is
+                not cached (raised at once, saying what to do).
         """
         path = Path(name_or_dir).expanduser()
         if path.is_dir():
@@ -232,9 +237,13 @@ class EncodecCompressionModel(nn.Module):
                 "or a Hugging Face repo id such as facebook/encodec_32khz)."
             )
         cache_dir = cache_dir if cache_dir is not None else environment.cache_dir()
-        try:
-            model, info = EncodecModel.from_pretrained(name_or_dir, cache_dir=cache_dir,
-                                                       output_loading_info=True)
+        try:  # offline or unreachable hub: the cache only, failing at once (HubUnavailableError)
+            model, info = environment.from_hub(
+                lambda local_only: EncodecModel.from_pretrained(name_or_dir, cache_dir=cache_dir,
+                                                                output_loading_info=True,
+                                                                local_files_only=local_only),
+                name_or_dir, what="the codec", cache=cache_dir,
+                local_fix="pass DIR instead of the repo id (a folder with config.json and the weights)")
         except OSError as err:
             raise RuntimeError(
                 f"could not download the codec {name_or_dir!r} from the Hugging Face hub and it is "
@@ -277,14 +286,22 @@ class EncodecCompressionModel(nn.Module):
     @classmethod
     def debug(cls, seed: int = 0, num_filters: int = 4, num_codebooks: int = 1, codebook_size: int = 2048,
               num_lstm_layers: int = 1, **kwargs) -> EncodecCompressionModel:
-        """A tiny random codec with the 32 kHz / 50 fps / 128-d layout, deterministic per `seed`."""
+        """A tiny random codec with the 32 kHz / 50 fps / 128-d layout, deterministic per `seed`.
+
+        The weights are the same bits whatever torch's thread count (so the latent-cache identity,
+        `jasco.data.latents.codec_identity`, of a cache prepared with 4 threads matches a training
+        run with 1): the layers are initialised from the CPU generator seeded with `seed` (torch's
+        CPU samplers draw serially), inside `fork_rng` so the caller's RNG state is untouched, and
+        the codebooks, which come from the encoder's own output, are computed in float64 and rounded
+        (`_init_debug_codebooks`) so that thread-dependent summation order cannot reach them.
+        """
         hop = 8 * 5 * 4 * 4
         config = encodec_32khz_config(
             num_filters=num_filters, num_lstm_layers=num_lstm_layers, codebook_size=codebook_size,
             target_bandwidths=[bandwidth_for_codebooks(num_codebooks, 32000, hop, codebook_size)],
         )
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # the CPU generator only: no CUDA RNG is touched
             model = EncodecModel(config)
         _init_debug_codebooks(model, seed)
         return cls(model, **kwargs)
@@ -440,6 +457,12 @@ class EncodecCompressionModel(nn.Module):
                              f"[{int(codes.min())}, {int(codes.max())}].")
 
 
+def _round_mantissa(x: torch.Tensor, bits: int = 12) -> torch.Tensor:
+    """Round float64 values to `bits` mantissa bits (exact arithmetic: frexp, round, ldexp)."""
+    mantissa, exponent = torch.frexp(x)  # x = mantissa * 2**exponent, 0.5 <= |mantissa| < 1
+    return torch.ldexp(torch.round(mantissa * 2.0 ** bits) / 2.0 ** bits, exponent)
+
+
 @torch.no_grad()
 def _init_debug_codebooks(model: EncodecModel, seed: int, num_frames: int = 64) -> None:
     """Give a random codec codewords near its own latents, so that codes vary with the input.
@@ -447,14 +470,23 @@ def _init_debug_codebooks(model: EncodecModel, seed: int, num_frames: int = 64) 
     transformers initialises codebooks to zeros (every code 0), and plain random codewords sit far
     from the latents of a random encoder (again a single code). Codebook 0 gets the latents of
     seeded noise at random loudness plus jittered copies; later codebooks cover the residuals.
+
+    Thread-count independence: the encoder pass over the noise, and the mean/std of its latents,
+    sum in an order that depends on torch's thread count (BLAS/oneDNN blocking), which changed
+    the last bits of the codebooks and so the codec's weight hash. They are computed in float64 on a
+    copy of the encoder and rounded to 12 mantissa bits, far above float64 round-off, so every
+    thread count gives the same codewords (all random draws come from one seeded CPU generator).
     """
     gen = torch.Generator().manual_seed(seed)
     hop = int(math.prod(model.config.upsampling_ratios))
     amp = torch.logspace(-2, 0, num_frames)[torch.randperm(num_frames, generator=gen)]
     noise = torch.randn(1, model.config.audio_channels, num_frames * hop, generator=gen)
     noise = noise * amp.repeat_interleave(hop)  # per-frame loudness
-    latents = model.encoder(noise)[0].t()  # [F, D]
-    mean, std = latents.mean(0), latents.std(0)
+    encoder = copy.deepcopy(model.encoder).double()
+    latents = _round_mantissa(encoder(noise.double())[0].t())  # [F, D], exact from here on
+    mean = _round_mantissa(latents.mean(0)).float()
+    std = _round_mantissa(latents.std(0)).float()
+    latents = latents.float()
     for i, layer in enumerate(model.quantizer.layers):
         codebook = layer.codebook
         jitter = torch.randn(codebook.embed.shape, generator=gen) * 0.1 * std

@@ -10,6 +10,8 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from jasco.environment import write_text_atomic
+
 
 def validate_progression(progression: Sequence, source: str) -> list[tuple[float, str]]:
     """Validate a progression of `(start_s, label)` rows; `source` names it in errors."""
@@ -55,10 +57,10 @@ def read_chord_file(path: str | Path) -> list[tuple[float, str]]:
 
 
 def write_chord_file(path: str | Path, progression: Sequence[tuple[float, str]]) -> None:
-    """Write `(start_s, label)` changes as a chord file, one change per line."""
+    """Write `(start_s, label)` changes as a chord file, one change per line (atomically)."""
     rows = validate_progression(progression, f"Progression for {path}")
     lines = ",\n".join(" " + json.dumps([s, label], ensure_ascii=False) for s, label in rows)
-    Path(path).write_text("[\n" + lines + "\n]\n" if rows else "[]\n", encoding="utf-8")
+    write_text_atomic(path, "[\n" + lines + "\n]\n" if rows else "[]\n")
 
 
 def normalize_progression(progression: Sequence) -> list[tuple[float, str]]:

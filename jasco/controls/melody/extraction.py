@@ -11,9 +11,7 @@ second), `N` samples.
 from __future__ import annotations
 
 import math
-import os
 import shutil
-import tempfile
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -33,7 +31,7 @@ from jasco.controls.melody.network import (
     MultiF0Salience,
 )
 from jasco.controls.melody.salience import MELODY_FRAME_RATE, N_MELODY_BINS, one_hot_frames
-from jasco.environment import download_dir
+from jasco.environment import atomic_write, download_dir
 
 G2_HZ = 97.999
 # With fmin 32.7 Hz (not C1 = 32.703 Hz) the G2 row sits at 97.989 Hz, 0.18 cent below G2_HZ; a
@@ -114,14 +112,10 @@ def resolve_weights(weights: str | Path) -> Path:
     target = cache / name
     if target.is_file():
         return target
-    cache.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as dst, urllib.request.urlopen(text, timeout=60) as src:
+    try:  # atomic, so a failed download never leaves a truncated file
+        with atomic_write(target, "wb") as dst, urllib.request.urlopen(text, timeout=60) as src:
             shutil.copyfileobj(src, dst)
-        os.replace(tmp, target)  # atomic, so a failed download never leaves a truncated file
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise OSError(f"Could not download salience weights from {text}: {exc}") from exc
     return target
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from jasco.environment import atomic_write
+
 N_MELODY_BINS = 53  # rows of the melody condition: MIDI 43 + k
 MELODY_LOWEST_MIDI = 43
 MELODY_FRAME_RATE = 50  # frames per second of the melody condition (the codec frame rate)
@@ -69,11 +71,10 @@ def read_salience(path: str | Path, default_frame_rate: float = DEFAULT_SALIENCE
 
 
 def write_salience(path: str | Path, salience: torch.Tensor | np.ndarray, frame_rate: float) -> Path:
-    """Write `[K, F]` salience as `.npz` with its frame rate."""
+    """Write `[K, F]` salience as `.npz` with its frame rate (atomically)."""
     path = Path(path)
     array = _orient(np.asarray(salience, dtype=np.float32), path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:  # an open file keeps numpy from appending ".npz" to other names
+    with atomic_write(path, "wb") as f:  # an open file keeps numpy from appending ".npz" to other names
         np.savez(f, salience=array, frame_rate=np.float64(frame_rate))
     return path
 
