@@ -98,8 +98,10 @@ def measure(overrides: list[str], dora_dir: Path, steps: int, warmup: int) -> di
             with torch.no_grad():
                 # oneDNN builds its kernels on the first call per shape (seconds for the codec's
                 # LSTM): warm the codec in both paths, as the drums conditioner uses it in both and
-                # condition dropout may skip it during the warmup steps.
-                solver.compression_model.encode_codes(wav.to(device), num_codebooks=1)
+                # condition dropout may skip it during the warmup steps. With a latent cache the
+                # batch holds no audio (`wav` is [B, C, 0]): warm it on silence of the segment's length.
+                silence = torch.zeros(*wav.shape[:2], max(info.total_frames for info in infos))
+                solver.compression_model.encode_codes(silence.to(device), num_codebooks=1)
         sync()
         # Same condition-dropout and flow-time draws in the timed steps of every path.
         torch.manual_seed(xp.cfg.seed)

@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from jasco.data.audio_dataset import AudioDataset, SegmentInfo
+from jasco.data.audio_dataset import AudioDataset, SegmentInfo, reading
+from jasco.data.manifest import AudioMeta
 
 # Sidecar fields that feed the merged metadata text, in the order they are considered.
 METADATA_TEXT_FIELDS = ("key", "bpm", "genre", "moods", "instrument", "keywords")
@@ -165,9 +166,14 @@ class MusicDataset(InfoAudioDataset):
         self.train = train
 
     def music_info(self, index: int, info: SegmentInfo) -> MusicInfo:
-        """Metadata for the segment of item `index` (sidecar if any, augmented when training)."""
+        """Metadata for the segment of item `index` (sidecar if any, augmented when training).
+
+        Raises:
+            BadTrackError: the sidecar is bad (names the track and the sidecar).
+        """
         if info.meta.info_path:
-            music = MusicInfo.from_sidecar(info, info.meta.info_path)
+            with reading(info.meta.path, "metadata sidecar", info.meta.info_path):
+                music = MusicInfo.from_sidecar(info, info.meta.info_path)
         else:
             music = MusicInfo.from_segment_info(info)
         if self.train and self.merge_text_p > 0:
@@ -175,6 +181,10 @@ class MusicDataset(InfoAudioDataset):
                                        self.make_generator(index, salt=1))
         return music
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, MusicInfo]:
-        wav, info = self.get_segment(index)
+    def load_item(self, index: int, meta: AudioMeta, seek_time: float) -> tuple[torch.Tensor, MusicInfo]:
+        """The segment and its metadata (a bad sidecar makes the track bad, like bad audio)."""
+        wav, info = super().load_item(index, meta, seek_time)
         return wav, self.music_info(index, info)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, MusicInfo]:
+        return self.get_segment(index)

@@ -17,6 +17,7 @@ from torch import nn
 
 from jasco.audio.io import SOUNDFILE_EXTENSIONS
 from jasco.controls.chords.vocabulary import ChordVocabulary
+from jasco.data.audio_dataset import EmptyDatasetError
 from jasco.data.jasco_dataset import JascoDataset, JascoInfo
 from jasco.data.latents import verify_latent_cache
 from jasco.models import flow
@@ -33,7 +34,7 @@ logger = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "evaluate", "generate")
 DATASET_ARGS = ("segment_duration", "num_samples", "shuffle", "sample_on_duration", "sample_on_weight",
                 "min_segment_ratio", "shuffle_seed", "permutation_on_files", "skip_bad_files",
-                "merge_text_p", "drop_desc_p", "drop_other_p")
+                "length_tolerance", "merge_text_p", "drop_desc_p", "drop_other_p")
 
 
 def dataset_kwargs(dataset_cfg: DictConfig, split: str) -> dict[str, Any]:
@@ -53,6 +54,13 @@ def dataset_kwargs(dataset_cfg: DictConfig, split: str) -> dict[str, Any]:
         if value is not None:
             kwargs[arg] = value
     return kwargs
+
+
+def batch_tracks(infos: list[JascoInfo], limit: int = 16) -> str:
+    """`path@seek_s` of a batch's items (the first `limit`), for error messages."""
+    names = [f"{info.meta.path}@{info.seek_time:.2f}s" for info in infos[:limit]]
+    more = f" and {len(infos) - limit} more" if len(infos) > limit else ""
+    return ", ".join(names) + more
 
 
 def chord_vocabulary(spec: str | None) -> ChordVocabulary | None:
@@ -119,12 +127,19 @@ class JascoSolver(StandardSolver):
                     raise ValueError(f"datasource.{split} is not set: give a folder with a data.jsonl manifest")
                 continue
             kwargs = dataset_kwargs(cfg.dataset, split)
-            dataset = JascoDataset.from_meta(
-                str(resolve_dataset_path(path)), sample_rate=cfg.sample_rate, channels=cfg.channels, return_info=True,
-                chords_vocabulary=vocabulary if "chords" in conditioners else None,
-                use_melody="melody" in conditioners, use_drums="self_wav" in conditioners,
-                melody_frame_rate=cfg.dataset.melody_kwargs.melody_fr, frame_rate=cfg.compression_model_framerate,
-                train=split == "train", **kwargs)
+            try:
+                # The mix is decoded only when some track lacks cached latents (JascoDataset.read_audio).
+                dataset = JascoDataset.from_meta(
+                    str(resolve_dataset_path(path)), sample_rate=cfg.sample_rate, channels=cfg.channels,
+                    return_info=True, chords_vocabulary=vocabulary if "chords" in conditioners else None,
+                    use_melody="melody" in conditioners, use_drums="self_wav" in conditioners,
+                    melody_frame_rate=cfg.dataset.melody_kwargs.melody_fr,
+                    frame_rate=cfg.compression_model_framerate, train=split == "train", **kwargs)
+            except EmptyDatasetError as exc:
+                raise EmptyDatasetError(
+                    f"datasource.{split}={path}: {exc} In the training config these are dataset.segment_duration "
+                    f"({kwargs.get('segment_duration')}) and dataset.{split}.min_segment_ratio or "
+                    f"dataset.min_segment_ratio ({kwargs.get('min_segment_ratio')}).") from exc
             if any(meta.get_path("latents_path") for meta in dataset.metas):
                 # A cache made with another codec would silently train on wrong targets.
                 verify_latent_cache(resolve_dataset_path(path), self.compression_model)
@@ -138,6 +153,9 @@ class JascoSolver(StandardSolver):
         if infos and all(info.latents is not None for info in infos):
             raw = torch.stack([info.latents for info in infos]).to(self.device, torch.float32)
             return self.compression_model.normalize(raw)
+        if wav.shape[-1] == 0:
+            raise ValueError(f"The batch has no audio (the dataset was told not to read it) and not every item has "
+                             f"cached latents: {batch_tracks([i for i in infos if i.latents is None])}.")
         with torch.no_grad():
             return self.compression_model.encode(wav.to(self.device))
 
@@ -156,8 +174,9 @@ class JascoSolver(StandardSolver):
         loss = flow.flow_matching_loss(v, z0, z1, t, self.cfg.get("loss_func", "increasing"))
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"Loss is {loss.item()} at update {self.updates} (epoch {self.epoch}). Lower optim.lr, "
-                f"check the data (silent or clipped audio), or disable fp16 autocast (autocast_dtype=bfloat16).")
+                f"Loss is {loss.item()} at update {self.updates} (epoch {self.epoch}) on a batch of tracks "
+                f"(path@seek): {batch_tracks(infos)}. Lower optim.lr, check the data (silent or clipped audio), "
+                f"or disable fp16 autocast (autocast_dtype=bfloat16).")
         metrics = {"loss": loss.item()}
         if train:
             metrics.update(self.optimizer_step(loss))
@@ -256,10 +275,12 @@ class JascoSolver(StandardSolver):
         wanted = self.cfg.dataset.generate.num_samples
         written = 0
         begin = time.time()
-        for wav, infos in loader:
+        for _, infos in loader:
             infos = infos[: wanted - written]
             attributes = [info.to_condition_attributes() for info in infos]
-            n_frames = math.ceil(wav.shape[-1] / self.compression_model.hop_length)
+            # Lengths from the infos: the batch holds no audio when the dataset reads cached latents.
+            n_samples = max(info.total_frames for info in infos)
+            n_frames = math.ceil(n_samples / self.compression_model.hop_length)
             with self.autocast():
                 latents = self.model.generate(attributes, max_gen_len=n_frames, cfg_coef_all=lm.cfg_coef_all,
                                               cfg_coef_txt=lm.cfg_coef_txt, solver=lm.solver,

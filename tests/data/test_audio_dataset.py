@@ -11,8 +11,7 @@ import pytest
 import torch
 from helpers_audio import make_audio_dir, sine, write_manifest_lines, write_wav
 
-from jasco.audio.io import AudioReadError
-from jasco.data.audio_dataset import AudioDataset, SegmentInfo
+from jasco.data.audio_dataset import AudioDataset, BadTrackError, EmptyDatasetError, SegmentInfo
 from jasco.data.manifest import AudioMeta, ManifestError, build_manifest, find_audio_files, load_manifest, save_manifest
 from jasco.prepare.manifest import main
 
@@ -156,7 +155,7 @@ def test_padding_at_end_and_min_segment_ratio(tmp_path: Path) -> None:
         assert info.n_frames >= 8000  # at least min_segment_ratio of real audio
         if info.n_frames < 16000:
             assert wav[:, info.n_frames:].abs().max() == 0
-    with pytest.warns(UserWarning, match="song1.wav"), pytest.raises(ValueError, match="no files left"):
+    with pytest.warns(UserWarning, match="song1.wav"), pytest.raises(EmptyDatasetError, match="no files left"):
         AudioDataset(metas[1:2], segment_duration=1.0, min_segment_ratio=1.0)
 
 
@@ -190,14 +189,19 @@ def test_read_failures_raise_or_retry(tmp_path: Path) -> None:
     metas = _metas(tmp_path, [1.0, 1.0])
     Path(metas[1].path).write_bytes(b"corrupted now")
     strict = AudioDataset(metas, segment_duration=0.5, sample_rate=16000, num_samples=50)
-    with pytest.raises(AudioReadError, match="song1.wav"):
+    with pytest.raises(BadTrackError, match=r"Track \S*song1\.wav: bad audio file: .*skip_bad_files=true"):
         for i in range(50):
             strict[i]
     lenient = AudioDataset(metas, segment_duration=0.5, sample_rate=16000, num_samples=50,
                            skip_bad_files=True, return_info=True)
-    with pytest.warns(UserWarning, match="song1.wav"):
+    with pytest.warns(UserWarning, match="Skipping a bad track.*song1.wav"):
         names = {Path(lenient[i][1].meta.path).name for i in range(50)}
     assert names == {"song0.wav"}
+    # Without shuffling, the next file stands in for a bad one.
+    ordered = AudioDataset(metas, segment_duration=0.5, sample_rate=16000, shuffle=False, skip_bad_files=True,
+                           return_info=True)
+    with pytest.warns(UserWarning, match="song1.wav"):
+        assert [Path(ordered[i][1].meta.path).name for i in range(2)] == ["song0.wav", "song0.wav"]
     Path(metas[0].path).unlink()
-    with pytest.warns(UserWarning), pytest.raises(AudioReadError, match="after 3 attempt"):
+    with pytest.warns(UserWarning), pytest.raises(BadTrackError, match="every one of 3 attempt"):
         AudioDataset(metas, segment_duration=0.5, sample_rate=16000, skip_bad_files=True, max_read_retry=3)[0]

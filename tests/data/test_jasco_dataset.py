@@ -14,9 +14,9 @@ from helpers_audio import write_wav
 from jasco.controls.chords.vocabulary import ChordVocabulary, frame_chords
 from jasco.controls.melody.salience import N_MELODY_BINS, write_salience
 from jasco.data.attributes import ConditioningAttributes
+from jasco.data.audio_dataset import BadTrackError
 from jasco.data.jasco_dataset import JascoDataset, JascoInfo
 from jasco.data.manifest import build_manifest, load_manifest, save_manifest
-from jasco.data.side_files import SideFileError
 
 SR = 16000
 
@@ -119,12 +119,12 @@ def test_explicit_side_paths_and_errors(tmp_path: Path) -> None:
     ds = JascoDataset(metas, segment_duration=1.0, sample_rate=SR, num_samples=2)
     assert set(ds[0][1].frame_chords.tolist()) == {ChordVocabulary.builtin().index("D")}
     metas[0].extra["salience_path"] = str(other / "missing.npz")
-    with pytest.raises(SideFileError, match="salience_path.*missing.npz"):
+    with pytest.raises(BadTrackError, match=r"song\.wav: bad salience file .*missing\.npz.*salience_path"):
         JascoDataset(metas, segment_duration=1.0, sample_rate=SR, num_samples=2)[0]
     del metas[0].extra["salience_path"]
-    np.save(other / "bad_latents.npy", np.zeros((10, 64), dtype=np.float32))
+    np.save(other / "bad_latents.npy", np.zeros((150, 64), dtype=np.float32))
     metas[0].extra["latents_path"] = str(other / "bad_latents.npy")
-    with pytest.raises(SideFileError, match=r"bad_latents\.npy.*128"):
+    with pytest.raises(BadTrackError, match=r"song\.wav: bad latents file .*bad_latents\.npy.*128"):
         JascoDataset(metas, segment_duration=1.0, sample_rate=SR, num_samples=2)[0]
 
 

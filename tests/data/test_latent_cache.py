@@ -89,8 +89,9 @@ def _debug_model():
 
 def _losses(manifest_dir, shuffle: bool) -> tuple[float, float]:
     """Loss of one batch with z1 from the codec and from the cache, same seed for noise and times."""
+    # read_audio=True: the audio is decoded although the cache replaces it, to compare both paths.
     dataset = JascoDataset(load_manifest(manifest_dir), segment_duration=SEGMENT, shuffle=shuffle, num_samples=4,
-                           return_info=True, sample_rate=32000, channels=1, train=False)
+                           return_info=True, sample_rate=32000, channels=1, train=False, read_audio=True)
     wav, infos = dataset.collater([dataset[i] for i in range(2)])
     assert all(info.latents is not None for info in infos)
     model = _debug_model()

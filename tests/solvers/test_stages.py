@@ -27,14 +27,18 @@ def test_keep_last_deletes_old_epoch_copies(finished):
     assert len(state["history"]) == 3
 
 
-def test_execute_only_generate_uses_the_same_experiment(finished):
+def test_execute_only_generate_uses_the_same_experiment(finished, caplog):
     dora_dir, folder = finished
     from jasco.train import get_solver
     with experiment(dora_dir, RUN + ["execute_only=generate"]) as xp:
         assert xp.folder == folder  # execute_only does not change the signature
         solver = get_solver(xp.cfg)
-        solver.run()
-    assert len(list((folder / "samples" / "4").glob("*.wav"))) == 2
+        with caplog.at_level("INFO"):
+            solver.run()
+    # The checkpoint was saved after epoch 3: samples and logs name epoch 3, not 4.
+    assert len(list((folder / "samples" / "3").glob("*.wav"))) == 2 and not (folder / "samples" / "4").exists()
+    assert "Generate Summary | Epoch 3" in caplog.text and "Epoch 4" not in caplog.text
+    assert solver.epoch == 4  # outside the stage, the next epoch to train again
     assert len(torch.load(folder / "checkpoint.th", weights_only=True)["history"]) == 3  # nothing saved
 
 
@@ -54,5 +58,9 @@ def test_non_finite_loss_is_a_clear_error(finished):
         with torch.no_grad():
             solver.model.linear.weight.fill_(float("nan"))
         batch = next(iter(solver.dataloaders["train"]))
-        with pytest.raises(FloatingPointError, match="Lower optim.lr"):
+        # The message names the batch's tracks and seek times, so bad data can be found.
+        first = batch[1][0]
+        with pytest.raises(FloatingPointError, match="Lower optim.lr") as caught:
             solver.run_step(batch, train=True)
+        assert f"{first.meta.path}@{first.seek_time:.2f}s" in str(caught.value)
+        assert all(info.meta.path in str(caught.value) for info in batch[1])
