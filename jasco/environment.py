@@ -344,10 +344,10 @@ def from_hub(load: Callable[[bool], T], repo_id: str, what: str, local_fix: str,
              cache: str | os.PathLike | None = None) -> T:
     """Run a hub loader, failing at once with what to do when the hub cannot be used.
 
-    Online, or for a local path, `load(False)` runs as usual (its errors are the caller's). When `hub_offline()` says
-    the hub cannot be used, `load(True)` runs instead (`local_files_only=True`): a cached copy
-    loads, and a missing one raises `HubUnavailableError` at once, saying how to provide it,
-    rather than after huggingface_hub's 30-60 s of retries.
+    Online, or for a local path, `load(False)` runs as usual (its errors are the caller's). When
+    `hub_offline()` says the hub cannot be used, `load(True)` runs instead
+    (`local_files_only=True`): a cached copy loads, and a missing one raises `HubUnavailableError`
+    at once, saying how to provide it, rather than after huggingface_hub's 30-60 s of retries.
 
     Args:
         load: calls the hub function with `local_files_only=` its argument, e.g.

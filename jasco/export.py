@@ -43,8 +43,6 @@ from jasco.solvers.checkpoint import SIG_PREFIX, resolve_checkpoint, state_bytes
 
 logger = logging.getLogger(__name__)
 
-
-
 DISK_FULL_HINT = "free space or export to a folder on another disk"
 
 

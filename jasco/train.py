@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +15,7 @@ import flashy
 import torch
 from dora.conf import DoraConfig, SlurmConfig
 from dora.hydra import HydraMain
+from hydra.errors import Hydra14MigrationWarning
 from omegaconf import DictConfig
 
 from jasco import environment
@@ -63,6 +66,48 @@ def init_seed_and_system(cfg: DictConfig) -> None:
         torch.multiprocessing.set_start_method(start_method, force=True)
 
 
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class PlainFormatter(logging.Formatter):
+    """flashy's log line layout for files: no colours, and ANSI codes in messages (flashy's bold
+    stage summaries) removed."""
+
+    def __init__(self) -> None:
+        super().__init__("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s", datefmt="%m-%d %H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _ANSI_ESCAPE.sub("", super().format(record))
+
+
+def setup_logging(level: str, with_file_log: bool = True) -> None:
+    """flashy's logging: coloured lines on stderr and, with `with_file_log`, the XP folder's
+    `solver.log.<rank>` in plain text (flashy gives its file handler the coloured formatter too)."""
+    flashy.setup_logging(level=logging.getLevelName(str(level).upper()), with_file_log=with_file_log)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.setFormatter(PlainFormatter())
+
+
+@contextmanager
+def hydra_migration_warnings_hidden() -> Iterator[None]:
+    """Within the block, hide the two warnings Hydra prints because of `version_base="1.1"`.
+
+    Dora's HydraMain initialises Hydra several times per command (building the main, each
+    `get_xp`, the run itself) with the `version_base` it was given, and each time Hydra warns that
+    1.1 compatibility goes away in Hydra 1.4; the run then warns that Hydra will stop changing the
+    working directory. jasco keeps 1.1 on purpose (the run's working directory is its XP folder),
+    so these say nothing to act on. Only those two messages are hidden, and only inside the block
+    (`warnings.catch_warnings` restores the filters): importing jasco changes no warning filter.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r'\s*version_base="1\.1" selects Hydra 1\.1 compatibility',
+                                category=Hydra14MigrationWarning)
+        warnings.filterwarnings("ignore", message=r"\s*Future Hydra versions will no longer change working directory",
+                                category=UserWarning)
+        yield
+
+
 class JascoMain(HydraMain):
     """Dora's Hydra main, with the machine-dependent settings taken from `jasco.environment`.
 
@@ -71,7 +116,22 @@ class JascoMain(HydraMain):
     the team config. They are supplied through the two hooks Dora reads them from, `_get_dora`
     (when the main is built) and `get_slurm_config` (each `dora grid`/`dora launch`), so that nothing
     writes into Dora's objects (`_base_cfg`, `dora`) or any other library global after the fact.
+
+    The three places where Dora initialises Hydra (building the main, `get_xp`, `_main`) run
+    inside `hydra_migration_warnings_hidden`.
     """
+
+    def __init__(self, main: Callable[..., Any], config_name: str, config_path: str, **kwargs: Any) -> None:
+        with hydra_migration_warnings_hidden():
+            super().__init__(main, config_name=config_name, config_path=config_path, **kwargs)
+
+    def get_xp(self, argv: Any) -> Any:
+        with hydra_migration_warnings_hidden():
+            return super().get_xp(argv)
+
+    def _main(self) -> Any:
+        with hydra_migration_warnings_hidden():
+            return super()._main()
 
     def _get_dora(self) -> DoraConfig:
         dora = super()._get_dora()
@@ -98,7 +158,7 @@ def main(cfg: DictConfig) -> None:
     """Train (or `show`, or `execute_only` one stage) the experiment described by `cfg`."""
     environment.resolve_device(cfg.device)  # a bad or missing device fails before anything starts
     init_seed_and_system(cfg)
-    flashy.setup_logging(level=logging.getLevelName(str(cfg.logging.level).upper()), with_file_log=not cfg.show)
+    setup_logging(cfg.logging.level, with_file_log=not cfg.show)
     flashy.distrib.init()
     solver = get_solver(cfg)
     if cfg.show:

@@ -1,12 +1,16 @@
 """jasco.export and `jasco-export`: training checkpoints become loadable, equivalent exports."""
 from __future__ import annotations
 
+import errno
+import os
+
 import pytest
 import torch
 from helpers_inference import debug_cfg, debug_model, write_training_checkpoint
 from omegaconf import OmegaConf
 
 import jasco
+from jasco import environment
 from jasco.data.attributes import ConditioningAttributes
 from jasco.export import (
     export_checkpoint,
@@ -118,3 +122,33 @@ def test_export_cli_with_a_signature(model, run_dir, tmp_path, capsys):
 def test_debug_cfg_round_trips_through_yaml():
     cfg = debug_cfg()
     assert OmegaConf.create(OmegaConf.to_yaml(cfg, resolve=True)).transformer_lm.flow_dim == 128
+
+
+# ---------------------------------------------------------------- file hygiene
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_exported_files_get_the_umask_mode_not_0600(run_dir, tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        out = export_checkpoint(run_dir / "checkpoint.th", tmp_path / "shared")
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes == {"state_dict.bin": 0o666 & ~umask, "compression_state_dict.bin": 0o666 & ~umask}
+
+
+def test_full_disk_while_exporting_is_a_clear_error(model, tmp_path, monkeypatch):
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 part of an export")
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:  # torch.save reports it like this, the OSError only in the chain
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0") from None
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    target = tmp_path / "out" / "state_dict.bin"
+    with pytest.raises(environment.DiskFullError) as info:
+        export_lm(model.state_dict(), model.cfg, target)
+    message = str(info.value)
+    assert message.startswith(f"No space left on device while writing {target} (needs ~")
+    assert "MB" in message and message.endswith("free space or export to a folder on another disk")
+    assert os.listdir(tmp_path / "out") == []  # no temp file left behind

@@ -77,22 +77,36 @@ class LoadedJasco:
 
 # ---------------------------------------------------------------- files
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """`torch.load(path, weights_only=True)` on CPU, with a clear error for a bad or missing file."""
+    """`torch.load(path, weights_only=True)` on CPU, with a clear error for a bad or missing file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        environment.UnsafeTorchError: the installed torch is older than 2.6, whose safe loader can
+            be bypassed (nothing is read).
+        ModelLoadError: the file holds objects the safe loader refuses (named; nothing is
+            executed), is corrupt or truncated, or is not a dict.
+    """
+    environment.check_safe_torch_load()
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file {path} does not exist.")
     try:
         package = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "Unsupported global" not in str(err):
-            raise ModelLoadError(f"cannot read {path}: it is corrupt or truncated, or not a torch.save file. "
-                                  "Download or export it again.") from err
+    except Exception as err:
+        refused = environment.refused_by_safe_loader(path, err)
+        if refused is not None:
+            raise ModelLoadError(
+                f"{path} contains objects that the safe loader (torch.load weights_only=True) refuses: {refused}. "
+                "jasco will not execute it (unpickling such objects can run arbitrary code). Use a model "
+                "exported with `jasco-export` or downloaded from a source you trust.") from err
+        if not isinstance(err, (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError,
+                                ValueError)):
+            raise
+        # torch's text for an unreadable pickle suggests weights_only=False: not advice to pass on.
+        lines = [] if isinstance(err, pickle.UnpicklingError) else str(err).strip().splitlines()
+        said = f" ({type(err).__name__}: {lines[0][:300]})" if lines else ""
         raise ModelLoadError(
-            f"{path} holds objects that are not plain tensors/containers, so it is not loaded "
-            f"(weights_only=True). Re-export it with `jasco-export` ({err})") from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        raise ModelLoadError(
-            f"cannot read {path}: it is corrupt or truncated, or not a torch.save file ({err}). "
+            f"cannot read {path}: it is corrupt or truncated, or not a torch.save file{said}. "
             "Download or export it again.") from err
     if not isinstance(package, dict):
         raise ModelLoadError(f"{path} holds a {type(package).__name__}, expected a dict "
@@ -103,10 +117,6 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def _is_local(src: str) -> bool:
     """True when `src` must be a local path (exists, or cannot be a `namespace/name` repo id)."""
     return Path(src).expanduser().exists() or src.startswith((".", "/", "~")) or src.count("/") != 1
-
-
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def hf_hub_download(**kwargs: Any) -> str:
@@ -121,7 +131,9 @@ def resolve_file(src: str | os.PathLike, filename: str, cache_dir: str | os.Path
 
     Raises:
         FileNotFoundError: a local source lacks the file.
-        RuntimeError: the hub cannot be reached and the file is not cached (says what to do).
+        environment.HubUnavailableError: offline (`HF_HUB_OFFLINE`) or the hub is unreachable, and
+            the file is not cached: raised at once, saying what to do.
+        RuntimeError: the hub refused the download (missing repo, auth, HTTP error).
     """
     text = str(src)
     path = Path(text).expanduser()
@@ -137,9 +149,14 @@ def resolve_file(src: str | os.PathLike, filename: str, cache_dir: str | os.Path
                                 "or a Hugging Face repo id such as facebook/jasco-chords-drums-400M.")
     cache = cache_dir if cache_dir is not None else environment.cache_dir()
     try:
-        return Path(hf_hub_download(repo_id=text, filename=filename, cache_dir=cache,
-                                    local_files_only=_hub_offline()))
-    except Exception as err:  # hub errors have many types (offline, 404, auth, HTTP)
+        return Path(environment.from_hub(
+            lambda local_only: hf_hub_download(repo_id=text, filename=filename, cache_dir=cache,
+                                               local_files_only=local_only),
+            text, what=f"{filename} of", cache=cache,
+            local_fix="pass the directory instead of the repo id"))
+    except environment.HubUnavailableError:
+        raise
+    except Exception as err:  # hub errors have many types (404, auth, HTTP)
         raise RuntimeError(
             f"could not get {filename} of {text!r} from the Hugging Face hub, and it is not in the cache "
             f"({cache or 'default HF cache'}): {err}\n"

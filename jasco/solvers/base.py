@@ -17,7 +17,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from jasco.environment import resolve_device
-from jasco.solvers.checkpoint import epoch_checkpoint_path, flush_stale_checkpoints, load_checkpoint, save_checkpoint
+from jasco.solvers.checkpoint import (
+    epoch_checkpoint_path,
+    flush_stale_checkpoints,
+    load_checkpoint,
+    remove_stale_temp_files,
+    save_checkpoint,
+)
 from jasco.solvers.ema import ModuleDictEMA
 
 logger = logging.getLogger(__name__)
@@ -63,6 +69,7 @@ class StandardSolver(flashy.BaseSolver):
         self.best_state: dict[str, Any] = {}
         self.dataloaders: dict[str, Any] = {}
         self._tensorboard: Any = None
+        self._stage_epoch: int | None = None  # set by execute_only: the epoch of the checkpoint it runs from
         self.build_model()
         self.build_dataloaders()
         self.register_stateful("model", "optimizer", "lr_scheduler", "best_state")
@@ -99,6 +106,11 @@ class StandardSolver(flashy.BaseSolver):
         """Generate stage (on the best state)."""
         raise NotImplementedError
 
+    @property
+    def epoch(self) -> int:
+        """The epoch being run (1-based): the next one when training, the checkpoint's own in `execute_only`."""
+        return self._stage_epoch if self._stage_epoch is not None else len(self.history) + 1
+
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -111,16 +123,22 @@ class StandardSolver(flashy.BaseSolver):
         super().load_state_dict(state)
 
     def commit(self, save_checkpoint_: bool = True) -> None:
-        """Append this epoch's metrics to the history and write the checkpoint(s) atomically."""
+        """Append this epoch's metrics to the history and write the checkpoint(s) atomically.
+
+        `checkpoint.th` (which holds the history) is written first, `history.json` second: a job
+        killed in between leaves history.json one epoch behind, never ahead of the checkpoint, and
+        the next run rewrites it from the checkpoint (`run`).
+        """
         self.history.append(self._pending_metrics)
         self._start_epoch()
         if not flashy.distrib.is_rank_zero():
             return
-        self.xp.link.update_history(self.history)
         if not save_checkpoint_:
+            self.xp.link.update_history(self.history)
             return
         state = self.state_dict()
         save_checkpoint(state, self.checkpoint_path)
+        self.xp.link.update_history(self.history)
         ckpt = self.cfg.checkpoint
         epoch = len(self.history)
         if ckpt.save_every and epoch % ckpt.save_every == 0:
@@ -196,8 +214,13 @@ class StandardSolver(flashy.BaseSolver):
             raise ValueError(f"execute_only={stage!r}: choose one of {sorted(stages)}")
         if not self.restore():
             raise FileNotFoundError(f"execute_only={stage}: no checkpoint in {self.folder}; train first")
-        with self.swap_best_state(), torch.no_grad():
-            self.run_stage(stage, stages[stage])
+        # Logs and samples/<epoch> name the epoch the checkpoint was saved at, not the next one.
+        self._stage_epoch = max(1, len(self.history))
+        try:
+            with self.swap_best_state(), torch.no_grad():
+                self.run_stage(stage, stages[stage])
+        finally:
+            self._stage_epoch = None
         self._start_epoch()
 
     def run(self) -> None:
@@ -205,7 +228,12 @@ class StandardSolver(flashy.BaseSolver):
         if self.cfg.execute_only:
             self.run_one_stage(self.cfg.execute_only)
             return
-        self.restore()
+        # Training only (execute_only may run beside the training job): temp files of killed saves
+        # go before any checkpoint is written; history.json is rewritten from the checkpoint's history.
+        if flashy.distrib.is_rank_zero():
+            remove_stale_temp_files(self.folder)
+        if self.restore() and flashy.distrib.is_rank_zero():
+            self.xp.link.update_history(self.history)
         begin = time.time()
         while self.epoch <= self.cfg.optim.epochs:
             self.run_epoch()

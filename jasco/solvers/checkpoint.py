@@ -3,19 +3,22 @@
 Layout of an experiment folder (docs/MODEL.md, "Training checkpoint"): `checkpoint.th` (the
 latest state, overwritten at every save) and optional epoch copies `checkpoint_<epoch>.th`
 (kept every `checkpoint.save_every` epochs, pruned to the `checkpoint.keep_last` most recent).
+A save writes a temporary `.checkpoint.th.<random>.tmp.th` first; one left by a killed job is
+removed by `remove_stale_temp_files` when the next run starts.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-import pickle
 import re
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from jasco import environment
 
 logger = logging.getLogger(__name__)
 
@@ -27,12 +30,18 @@ __all__ = [
     "epoch_checkpoint_path",
     "list_epoch_checkpoints",
     "flush_stale_checkpoints",
+    "remove_stale_temp_files",
+    "state_bytes",
     "resolve_checkpoint",
 ]
 
 CHECKPOINT_NAME = "checkpoint.th"
 SIG_PREFIX = "//sig/"
 _EPOCH_PATTERN = re.compile(r"^checkpoint_(\d+)\.th$")
+_CHECKPOINT_NAMES = r"checkpoint(?:_\d+)?\.th"
+# Temp files of the writer before `environment.atomic_path`: `checkpoint.th.tmp.<pid>`.
+_LEGACY_TEMP_PATTERN = re.compile(rf"{_CHECKPOINT_NAMES}\.tmp\.\d+")
+DISK_FULL_HINT = "free space or set JASCO_DORA_DIR to another disk"
 
 
 class CheckpointError(RuntimeError):
@@ -49,27 +58,53 @@ def _fsync_folder(folder: Path) -> None:
             os.close(fd)
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+def state_bytes(state: Any) -> int:
+    """About how many bytes `torch.save(state)` writes: the sizes of the tensors it holds."""
+    if isinstance(state, torch.Tensor):
+        return state.nelement() * state.element_size()
+    if isinstance(state, dict):
+        return sum(state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_bytes(v) for v in state)
+    return 0
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path, disk_full_hint: str = DISK_FULL_HINT) -> None:
     """Write `state` to `path` atomically: readers see the old file or the complete new one.
 
-    The state is written to `<path>.tmp.<pid>` in the same folder, flushed and fsynced, then renamed
-    over `path` (`os.replace` is atomic within a filesystem). On any failure, including a
-    KeyboardInterrupt, the temp file is removed and the previous checkpoint is left untouched.
+    The state is written to a unique temp file in the same folder (`environment.atomic_path`),
+    fsynced, then renamed over `path` (`os.replace` is atomic within a filesystem); the file gets
+    the usual mode under the process umask. On any failure, including a KeyboardInterrupt, the
+    temp file is removed and the previous checkpoint is left untouched.
+
+    Raises:
+        environment.DiskFullError: the disk filled up (`No space left on device while writing
+            <path> (needs ~N MB, M MB free): <disk_full_hint>`).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_name(f"{path.name}.tmp.{os.getpid()}")
-    try:
-        with open(tmp_path, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
-        raise
+    with environment.atomic_write(path, "wb", fsync=True, needed_bytes=state_bytes(state),
+                                  disk_full_hint=disk_full_hint) as f:
+        torch.save(state, f)
     _fsync_folder(path.parent)
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the temp files of checkpoint saves that never finished (a killed job); return them.
+
+    Each can be as large as a checkpoint. Called when a run starts, on rank 0, before it writes any
+    checkpoint: only one run writes an experiment's checkpoints, so every temp file found then
+    belongs to a writer that is gone. Covers `.checkpoint[_<epoch>].th.<random>.tmp.th` and the
+    `checkpoint[_<epoch>].th.tmp.<pid>` of earlier versions.
+    """
+    folder = Path(folder)
+    stale = environment.atomic_temp_files(folder, _CHECKPOINT_NAMES)
+    if folder.is_dir():
+        stale += sorted(p for p in folder.iterdir() if _LEGACY_TEMP_PATTERN.fullmatch(p.name) and p.is_file())
+    for path in stale:
+        logger.info("Removing %s, left by a checkpoint save that did not finish", path)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    return stale
 
 
 def _first_line(error: BaseException) -> str:
@@ -82,12 +117,12 @@ def _unreadable_cause(path: Path, error: BaseException) -> str:
     copies = "a checkpoint_<epoch>.th copy in the same folder may be intact"
     if path.stat().st_size == 0:
         return f"the file is empty: was the job killed while writing? {copies}"
-    if isinstance(error, pickle.UnpicklingError) and zipfile.is_zipfile(path):
-        lines = [line.strip() for line in str(error).splitlines()]
-        detail = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else "")
-        return ("it holds objects that weights_only loading refuses (only tensors, numbers, strings "
-                "and containers are allowed); re-save it with plain values, e.g. the config as a YAML "
-                f"string. Loader said: {detail[:300]}")
+    refused = environment.refused_by_safe_loader(path, error)
+    if refused is not None:
+        return (f"it contains objects that the safe loader (torch.load weights_only=True) refuses: {refused}. "
+                "jasco will not execute it (unpickling such objects can run arbitrary code). If you wrote "
+                "this file yourself, re-save it with plain values only (tensors, numbers, strings and "
+                "containers; the config as a YAML string); if it came from elsewhere, do not load it")
     if not zipfile.is_zipfile(path):
         return (f"truncated or not a torch checkpoint: was the job killed while writing? {copies}. "
                 f"Loader said: {_first_line(error)}")
@@ -95,7 +130,14 @@ def _unreadable_cause(path: Path, error: BaseException) -> str:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint dict with `torch.load(weights_only=True)`, raising `CheckpointError` on failure."""
+    """Load a checkpoint dict with `torch.load(weights_only=True)`, raising `CheckpointError` on failure.
+
+    Raises:
+        environment.UnsafeTorchError: the installed torch is older than 2.6, whose safe loader can
+            be bypassed (nothing is read).
+        CheckpointError: missing, empty, truncated or corrupt, refused objects, or not a dict.
+    """
+    environment.check_safe_torch_load()
     path = Path(path)
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import huggingface_hub.constants
 import pytest
@@ -17,6 +18,7 @@ from helpers_codec import (
 )
 from transformers import EncodecModel
 
+from jasco import environment
 from jasco.models.codec import (
     EncodecCompressionModel,
     bandwidth_for_codebooks,
@@ -197,16 +199,21 @@ def test_from_pretrained_bad_local_paths(tmp_path):
         EncodecCompressionModel.from_pretrained(str(tmp_path / "empty"))
 
 
-def test_from_pretrained_offline_repo_id_explains_how_to_get_it(tmp_path, monkeypatch):
+@pytest.mark.parametrize("huggingface_hub_knows", [True, False])
+def test_from_pretrained_offline_repo_id_explains_how_to_get_it(tmp_path, monkeypatch, huggingface_hub_knows):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    if huggingface_hub_knows:  # set before huggingface_hub was imported; otherwise jasco alone reads it
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("JASCO_CACHE_DIR", str(tmp_path / "cache"))
-    with pytest.raises(RuntimeError) as err:
+    begin = time.monotonic()
+    with pytest.raises(environment.HubUnavailableError) as err:
         EncodecCompressionModel.from_pretrained("jasco-tests/no-such-codec")
+    assert time.monotonic() - begin < 5  # no retries
     message = str(err.value)
-    assert "could not download the codec 'jasco-tests/no-such-codec'" in message
-    assert str(tmp_path / "cache") in message
-    assert "huggingface-cli download jasco-tests/no-such-codec --local-dir DIR" in message
+    assert "the codec 'jasco-tests/no-such-codec' is not in the local cache" in message
+    assert "HF_HUB_OFFLINE is set" in message and str(tmp_path / "cache") in message
+    assert "hf download jasco-tests/no-such-codec --local-dir DIR" in message
+    assert "pass DIR instead of the repo id" in message and "JASCO_CACHE_DIR=CACHE" in message
 
 
 def test_weight_norm_key_conversion_round_trip(codec):

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
+import socket
+import time
 import warnings
 
 import pytest
@@ -13,6 +16,7 @@ from omegaconf import OmegaConf
 from reference_files import CHORD_MAPPING, CODEC_PREFIX, SHAPES, SMALL_REF, assert_close, require
 from transformers import EncodecModel
 
+from jasco import environment
 from jasco.controls.chords.vocabulary import ChordVocabulary
 from jasco.export import export_lm, export_pretrained_compression_model
 from jasco.models import loaders
@@ -180,8 +184,37 @@ def test_wrong_contents_give_clear_errors(chords_only, tmp_path):
 
 def test_unsafe_pickle_is_refused(tmp_path):
     torch.save({"best_state": {}, "xp.cfg": OmegaConf.create({"a": 1})}, tmp_path / "state_dict.bin")
-    with pytest.raises(ModelLoadError, match="weights_only"):
+    with pytest.raises(ModelLoadError, match="weights_only") as info:
         load_jasco_model(tmp_path / "state_dict.bin")
+    assert "omegaconf.dictconfig.DictConfig" in str(info.value) and "corrupt" not in str(info.value)
+
+
+class RunsACommand:
+    """Unpickling this would call os.system: refused by the safe loader, never run."""
+
+    def __reduce__(self):
+        return os.system, ("touch SHOULD_NEVER_EXIST",)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_malicious_file_is_named_as_such_and_not_executed(tmp_path, monkeypatch, legacy):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"best_state": {"w": torch.zeros(2)}, "xp.cfg": RunsACommand()}, tmp_path / "state_dict.bin",
+               _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(ModelLoadError) as info:
+        load_jasco_model(tmp_path / "state_dict.bin")
+    message = str(info.value)
+    assert "contains objects that the safe loader (torch.load weights_only=True) refuses: the global" in message
+    assert ("posix.system" in message or "nt.system" in message) and "jasco will not execute it" in message
+    assert "corrupt or truncated" not in message
+    assert not (tmp_path / "SHOULD_NEVER_EXIST").exists()
+
+
+def test_torch_older_than_2_6_is_refused(chords_only, monkeypatch):
+    _, folder = chords_only
+    monkeypatch.setattr(torch, "__version__", "2.5.1+cu124")
+    with pytest.raises(environment.UnsafeTorchError, match=r"torch 2\.5\.1\+cu124 .*CVE-2025-32434"):
+        load_jasco_model(folder)
 
 
 def test_missing_local_paths(tmp_path):
@@ -192,12 +225,34 @@ def test_missing_local_paths(tmp_path):
 
 
 def test_offline_repo_id_says_how_to_provide_files(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # set after huggingface_hub was imported: still honoured
     monkeypatch.setenv("JASCO_CACHE_DIR", str(tmp_path / "cache"))
-    with pytest.raises(RuntimeError, match="pass the directory instead of the repo id") as info:
+    begin = time.monotonic()
+    with pytest.raises(environment.HubUnavailableError, match="pass the directory instead of the repo id") as info:
         load_jasco_model("facebook/jasco-chords-drums-400M")
-    assert "huggingface-cli download facebook/jasco-chords-drums-400M" in str(info.value)
-    assert str(tmp_path / "cache") in str(info.value)
+    assert time.monotonic() - begin < 5
+    message = str(info.value)
+    assert "hf download facebook/jasco-chords-drums-400M --local-dir DIR" in message
+    assert "HF_HUB_OFFLINE is set" in message and "JASCO_CACHE_DIR=CACHE" in message
+    assert str(tmp_path / "cache") in message
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_hub_fails_fast(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")  # refuses connections
+    monkeypatch.setattr(environment, "_hub_probes", {})
+    monkeypatch.setenv("JASCO_CACHE_DIR", str(tmp_path / "cache"))
+    begin = time.monotonic()
+    with pytest.raises(environment.HubUnavailableError, match=r"cannot be reached .*pass the directory"):
+        loaders.resolve_file("someone/not-cached", "state_dict.bin")
+    assert time.monotonic() - begin < 5
 
 
 def test_repo_id_downloads_both_files_into_the_cache(chords_only, tmp_path, monkeypatch):

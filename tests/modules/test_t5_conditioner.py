@@ -1,11 +1,14 @@
 """T5Conditioner on a tiny T5 built and saved locally (no hub): loading, masking, freezing, dropout."""
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
+from jasco import environment
 from jasco.modules.conditioners import T5Conditioner
 
 WORDS = ["<pad>", "</s>", "<unk>", "calm", "piano", "song", "loud", "drums", "with"]
@@ -87,3 +90,17 @@ def test_word_dropout_only_in_training(tiny_t5):
 def test_missing_encoder_names_the_fix(tmp_path):
     with pytest.raises(RuntimeError, match="config.json"):
         T5Conditioner(str(tmp_path / "nowhere"), output_dim=8)
+
+
+@pytest.mark.parametrize("name", ["jasco-tests/no-such-t5", "t5-base"])
+def test_offline_encoder_not_in_the_cache_fails_fast(tmp_path, monkeypatch, name):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # set after huggingface_hub was imported: still honoured
+    monkeypatch.setenv("JASCO_CACHE_DIR", str(tmp_path / "cache"))
+    begin = time.monotonic()
+    with pytest.raises(environment.HubUnavailableError) as err:  # unknown name: its config; t5-base: the encoder
+        T5Conditioner(name, output_dim=8).tokenize(["calm piano"])
+    assert time.monotonic() - begin < 5
+    message = str(err.value)
+    assert f"'{name}' is not in the local cache ({tmp_path / 'cache'}) and HF_HUB_OFFLINE is set" in message
+    assert f"hf download {name} --local-dir DIR" in message
+    assert "set conditioners.description.t5.name=DIR" in message and "JASCO_CACHE_DIR=CACHE" in message

@@ -40,6 +40,9 @@ def test_dora_run_debug(tmp_path):
         assert wav.with_suffix(".png").stat().st_size > 0
     assert list((folder / "tensorboard").rglob("events.out.tfevents*"))
     assert str(folder / "checkpoint.th") in result.stdout
+    assert "\x1b[" not in (folder / "solver.log.0").read_text()  # plain text; the terminal keeps colours
+    assert "Hydra14MigrationWarning" not in result.stderr and "version_base" not in result.stderr
+    assert not [p.name for p in folder.iterdir() if ".tmp" in p.name]  # no temp file left
 
 
 def test_resume_after_interruption(tmp_path):

@@ -27,6 +27,9 @@ T5_DIMS = {
 }
 
 
+_T5_LOCAL_FIX = "set conditioners.description.t5.name=DIR"
+
+
 def drop_words(text: str, p: float, generator: torch.Generator | None = None) -> str:
     """Keep each word of `text` with probability `1 - p` (training-time word dropout)."""
     words = text.split(" ")
@@ -93,7 +96,7 @@ class T5Conditioner(_TextConditioner):
         super().__init__(output_dim, word_dropout, normalize_text)
         self.name, self.finetune = name, finetune
         self.cache_dir = cache_dir or environment.cache_dir()
-        self.encoder_dim = encoder_dim or self._encoder_dim(name)
+        self.encoder_dim = encoder_dim or self._encoder_dim(name, self.cache_dir)
         self.output_proj = nn.Linear(self.encoder_dim, output_dim)
         self._frozen_encoder = Unregistered()  # the frozen encoder, outside the module tree
         self.t5_tokenizer: Any = None
@@ -101,21 +104,32 @@ class T5Conditioner(_TextConditioner):
             self._load()
 
     @staticmethod
-    def _encoder_dim(name: str) -> int:
+    def _encoder_dim(name: str, cache_dir: str | None = None) -> int:
         if name in T5_DIMS:
             return T5_DIMS[name]
         from transformers import AutoConfig
         try:
-            return AutoConfig.from_pretrained(name).d_model
+            config = environment.from_hub(
+                lambda local_only: AutoConfig.from_pretrained(name, cache_dir=cache_dir, local_files_only=local_only),
+                name, what="the config of text encoder", cache=cache_dir, local_fix=_T5_LOCAL_FIX)
+            return config.d_model
         except OSError as exc:
             raise RuntimeError(f"Cannot read the config of text encoder {name!r}: give a known T5 name "
                                f"({', '.join(sorted(T5_DIMS))}) or a local directory with config.json") from exc
 
     def _load(self) -> None:
+        """Load tokenizer and encoder: offline or with an unreachable hub, from the cache only, and
+        an encoder that is not there raises `environment.HubUnavailableError` at once."""
         from transformers import AutoTokenizer, T5EncoderModel
         try:
-            tokenizer = AutoTokenizer.from_pretrained(self.name, cache_dir=self.cache_dir)
-            model = T5EncoderModel.from_pretrained(self.name, cache_dir=self.cache_dir)
+            tokenizer = environment.from_hub(
+                lambda local_only: AutoTokenizer.from_pretrained(self.name, cache_dir=self.cache_dir,
+                                                                 local_files_only=local_only),
+                self.name, what="the T5 text encoder", cache=self.cache_dir, local_fix=_T5_LOCAL_FIX)
+            model = environment.from_hub(
+                lambda local_only: T5EncoderModel.from_pretrained(self.name, cache_dir=self.cache_dir,
+                                                                  local_files_only=local_only),
+                self.name, what="the T5 text encoder", cache=self.cache_dir, local_fix=_T5_LOCAL_FIX)
         except OSError as exc:
             raise RuntimeError(
                 f"Could not load the T5 text encoder {self.name!r}. Offline, download it on a machine "
