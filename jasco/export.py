@@ -30,6 +30,7 @@ from transformers import EncodecConfig
 
 import jasco
 from jasco import environment
+from jasco import files
 from jasco.models.builders import get_compression_model
 from jasco.models.codec import (
     PUBLISHED_LATENT_MEAN,
@@ -50,10 +51,10 @@ def _atomic_save(obj: Any, out_file: str | os.PathLike) -> Path:
     """`torch.save` to a unique temporary file in the target folder, then rename over `out_file`.
 
     The file gets the usual mode under the process umask (0o644 with umask 022), so a shared model
-    folder stays readable. A full disk raises `environment.DiskFullError` and leaves no temp file.
+    folder stays readable. A full disk raises `files.DiskFullError` and leaves no temp file.
     """
     out_file = Path(out_file)
-    with environment.atomic_write(out_file, "wb", needed_bytes=state_bytes(obj), disk_full_hint=DISK_FULL_HINT) as f:
+    with files.atomic_write(out_file, "wb", needed_bytes=state_bytes(obj), disk_full_hint=DISK_FULL_HINT) as f:
         torch.save(obj, f)
     return out_file
 

@@ -2,7 +2,11 @@
 
 Layers, bottom to top (a module may import its own layer and the ones below):
 
-    environment < audio < controls < data < modules < models < solvers < prepare < entry points
+    foundation < audio < controls < data < modules < models < solvers < prepare < entry points
+
+The foundation is four top-level modules that import nothing else of jasco's but each other:
+`environment` (paths, team, device), `files` (atomic writes), `hub` (Hugging Face access) and
+`safe_load` (reading torch files safely).
 
 Entry points are the top-level modules (`jasco.train`, `jasco.generate`, `jasco.export`) and
 `jasco.grids`. Imports under `if TYPE_CHECKING:` count too: a type is a dependency.
@@ -16,7 +20,8 @@ import sys
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "jasco"
-LAYERS = ("environment", "audio", "controls", "data", "modules", "models", "solvers", "prepare")
+FOUNDATION = ("environment", "files", "hub", "safe_load")
+LAYERS = ("foundation", "audio", "controls", "data", "modules", "models", "solvers", "prepare")
 ENTRY_POINT_RANK = len(LAYERS)
 
 
@@ -31,6 +36,8 @@ def layer_rank(module: str) -> int:
     parts = module.split(".")
     if len(parts) < 2:
         return ENTRY_POINT_RANK
+    if parts[1] in FOUNDATION:
+        return 0
     return LAYERS.index(parts[1]) if parts[1] in LAYERS else ENTRY_POINT_RANK
 
 

@@ -10,7 +10,7 @@ from helpers_inference import debug_cfg, debug_model, write_training_checkpoint
 from omegaconf import OmegaConf
 
 import jasco
-from jasco import environment
+from jasco import files
 from jasco.data.attributes import ConditioningAttributes
 from jasco.export import (
     export_checkpoint,
@@ -146,7 +146,7 @@ def test_full_disk_while_exporting_is_a_clear_error(model, tmp_path, monkeypatch
 
     monkeypatch.setattr(torch, "save", full_disk)
     target = tmp_path / "out" / "state_dict.bin"
-    with pytest.raises(environment.DiskFullError) as info:
+    with pytest.raises(files.DiskFullError) as info:
         export_lm(model.state_dict(), model.cfg, target)
     message = str(info.value)
     assert message.startswith(f"No space left on device while writing {target} (needs ~")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from jasco.data.side_files import SideFileError
-from jasco.environment import atomic_write
+from jasco.files import atomic_write
 
 
 def write_drum_codes(path: str | Path, codes: torch.Tensor, cardinality: int = 2048) -> Path:

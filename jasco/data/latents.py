@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from jasco.data.side_files import SideFileError
-from jasco.environment import atomic_write, write_text_atomic
+from jasco.files import atomic_write, write_text_atomic
 
 CODEC_FILE = "codec.json"
 LATENT_DIM = 128  # EnCodec 32 kHz latent width F

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from jasco.audio.io import AUDIO_EXTENSIONS, AudioReadError, audio_info, audio_read
-from jasco.environment import atomic_path
+from jasco.files import atomic_path
 
 logger = logging.getLogger(__name__)
 

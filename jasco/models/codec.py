@@ -20,6 +20,7 @@ from torch import nn
 from transformers import EncodecConfig, EncodecModel
 
 from jasco import environment
+from jasco import hub
 
 _HUB_HELP = (
     "On a machine with internet run `huggingface-cli download {repo} --local-dir DIR`, copy DIR "
@@ -215,7 +216,7 @@ class EncodecCompressionModel(nn.Module):
             **kwargs: forwarded to the constructor (`latent_mean`, `latent_std`, `frozen`).
 
         Raises:
-            environment.HubUnavailableError: offline or the hub is unreachable, and the codec is
+            hub.HubUnavailableError: offline or the hub is unreachable, and the codec is
                 not cached (raised at once, saying what to do).
         """
         path = Path(name_or_dir).expanduser()
@@ -238,7 +239,7 @@ class EncodecCompressionModel(nn.Module):
             )
         cache_dir = cache_dir if cache_dir is not None else environment.cache_dir()
         try:  # offline or unreachable hub: the cache only, failing at once (HubUnavailableError)
-            model, info = environment.from_hub(
+            model, info = hub.from_hub(
                 lambda local_only: EncodecModel.from_pretrained(name_or_dir, cache_dir=cache_dir,
                                                                 output_loading_info=True,
                                                                 local_files_only=local_only),

@@ -26,6 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import EncodecConfig
 
 from jasco import environment
+from jasco import safe_load
+from jasco import hub
 from jasco.controls.chords.symbols import chord_identity
 from jasco.controls.chords.vocabulary import ChordVocabulary, vocabulary_file
 from jasco.models.builders import (
@@ -81,19 +83,19 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: no such file.
-        environment.UnsafeTorchError: the installed torch is older than 2.6, whose safe loader can
+        safe_load.UnsafeTorchError: the installed torch is older than 2.6, whose safe loader can
             be bypassed (nothing is read).
         ModelLoadError: the file holds objects the safe loader refuses (named; nothing is
             executed), is corrupt or truncated, or is not a dict.
     """
-    environment.check_safe_torch_load()
+    safe_load.check_safe_torch_load()
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file {path} does not exist.")
     try:
         package = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        refused = environment.refused_by_safe_loader(path, err)
+        refused = safe_load.refused_by_safe_loader(path, err)
         if refused is not None:
             raise ModelLoadError(
                 f"{path} contains objects that the safe loader (torch.load weights_only=True) refuses: {refused}. "
@@ -131,7 +133,7 @@ def resolve_file(src: str | os.PathLike, filename: str, cache_dir: str | os.Path
 
     Raises:
         FileNotFoundError: a local source lacks the file.
-        environment.HubUnavailableError: offline (`HF_HUB_OFFLINE`) or the hub is unreachable, and
+        hub.HubUnavailableError: offline (`HF_HUB_OFFLINE`) or the hub is unreachable, and
             the file is not cached: raised at once, saying what to do.
         RuntimeError: the hub refused the download (missing repo, auth, HTTP error).
     """
@@ -149,12 +151,12 @@ def resolve_file(src: str | os.PathLike, filename: str, cache_dir: str | os.Path
                                 "or a Hugging Face repo id such as facebook/jasco-chords-drums-400M.")
     cache = cache_dir if cache_dir is not None else environment.cache_dir()
     try:
-        return Path(environment.from_hub(
+        return Path(hub.from_hub(
             lambda local_only: hf_hub_download(repo_id=text, filename=filename, cache_dir=cache,
                                                local_files_only=local_only),
             text, what=f"{filename} of", cache=cache,
             local_fix="pass the directory instead of the repo id"))
-    except environment.HubUnavailableError:
+    except hub.HubUnavailableError:
         raise
     except Exception as err:  # hub errors have many types (404, auth, HTTP)
         raise RuntimeError(

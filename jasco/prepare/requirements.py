@@ -25,7 +25,8 @@ from typing import Any
 
 from jasco.controls.drums.stems import find_drum_stem
 from jasco.data.side_files import SALIENCE_SUFFIXES, find_side_file
-from jasco.environment import cache_dir, hub_offline
+from jasco.environment import cache_dir
+from jasco.hub import hub_offline
 from jasco.models.codec import DEBUG_CODEC, codec_source_name
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def resolve_codec(spec: str) -> tuple[str | None, str | None]:
     """(what to load: `debug` or a local folder, None) or (None, the problem in one line).
 
     A hub id is looked up in the cache first; otherwise, unless the hub is offline or unreachable
-    (`jasco.environment.hub_offline`: the offline variables, or one quick probe), the codec is
+    (`jasco.hub.hub_offline`: the offline variables, or one quick probe), the codec is
     downloaded there and then, so workers load a folder.
     """
     name = codec_source_name(spec)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from jasco.audio.io import AudioReadError
 from jasco.data.manifest import AudioMeta, save_manifest
 from jasco.data.side_files import SideFileError
-from jasco.environment import write_text_atomic
+from jasco.files import write_text_atomic
 from jasco.prepare import steps as step_fns
 from jasco.prepare.requirements import RequirementsError, check_requirements
 from jasco.prepare.tracks import (

@@ -25,7 +25,7 @@ from jasco.controls.chords.vocabulary import ChordVocabulary
 from jasco.controls.drums.stems import find_drum_stem, separate_drums
 from jasco.controls.melody.salience import N_MELODY_BINS, SalienceError, read_salience, write_salience
 from jasco.data.side_files import CHORDS_SUFFIXES, SALIENCE_SUFFIXES, find_side_file
-from jasco.environment import atomic_path
+from jasco.files import atomic_path
 from jasco.prepare.tracks import PrepareInputError
 
 STEPS = ("manifest", "transcode", "chords", "melody", "drums", "latents")

@@ -23,7 +23,7 @@ from jasco.audio.io import AUDIO_EXTENSIONS, audio_info, audio_read
 from jasco.data.audio_dataset import SegmentInfo
 from jasco.data.manifest import AudioMeta, ManifestError, find_audio_files, load_manifest
 from jasco.data.music_dataset import MusicInfo, SidecarError
-from jasco.environment import write_text_atomic
+from jasco.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 TRACKS_FILE = "tracks.jsonl"

@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from jasco import environment
+from jasco import safe_load
+from jasco import files
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ CHECKPOINT_NAME = "checkpoint.th"
 SIG_PREFIX = "//sig/"
 _EPOCH_PATTERN = re.compile(r"^checkpoint_(\d+)\.th$")
 _CHECKPOINT_NAMES = r"checkpoint(?:_\d+)?\.th"
-# Temp files of the writer before `environment.atomic_path`: `checkpoint.th.tmp.<pid>`.
+# Temp files of the writer before `files.atomic_path`: `checkpoint.th.tmp.<pid>`.
 _LEGACY_TEMP_PATTERN = re.compile(rf"{_CHECKPOINT_NAMES}\.tmp\.\d+")
 DISK_FULL_HINT = "free space or set JASCO_DORA_DIR to another disk"
 
@@ -72,17 +73,17 @@ def state_bytes(state: Any) -> int:
 def save_checkpoint(state: dict[str, Any], path: str | Path, disk_full_hint: str = DISK_FULL_HINT) -> None:
     """Write `state` to `path` atomically: readers see the old file or the complete new one.
 
-    The state is written to a unique temp file in the same folder (`environment.atomic_path`),
+    The state is written to a unique temp file in the same folder (`files.atomic_path`),
     fsynced, then renamed over `path` (`os.replace` is atomic within a filesystem); the file gets
     the usual mode under the process umask. On any failure, including a KeyboardInterrupt, the
     temp file is removed and the previous checkpoint is left untouched.
 
     Raises:
-        environment.DiskFullError: the disk filled up (`No space left on device while writing
+        files.DiskFullError: the disk filled up (`No space left on device while writing
             <path> (needs ~N MB, M MB free): <disk_full_hint>`).
     """
     path = Path(path)
-    with environment.atomic_write(path, "wb", fsync=True, needed_bytes=state_bytes(state),
+    with files.atomic_write(path, "wb", fsync=True, needed_bytes=state_bytes(state),
                                   disk_full_hint=disk_full_hint) as f:
         torch.save(state, f)
     _fsync_folder(path.parent)
@@ -97,7 +98,7 @@ def remove_stale_temp_files(folder: str | Path) -> list[Path]:
     `checkpoint[_<epoch>].th.tmp.<pid>` of earlier versions.
     """
     folder = Path(folder)
-    stale = environment.atomic_temp_files(folder, _CHECKPOINT_NAMES)
+    stale = files.atomic_temp_files(folder, _CHECKPOINT_NAMES)
     if folder.is_dir():
         stale += sorted(p for p in folder.iterdir() if _LEGACY_TEMP_PATTERN.fullmatch(p.name) and p.is_file())
     for path in stale:
@@ -117,7 +118,7 @@ def _unreadable_cause(path: Path, error: BaseException) -> str:
     copies = "a checkpoint_<epoch>.th copy in the same folder may be intact"
     if path.stat().st_size == 0:
         return f"the file is empty: was the job killed while writing? {copies}"
-    refused = environment.refused_by_safe_loader(path, error)
+    refused = safe_load.refused_by_safe_loader(path, error)
     if refused is not None:
         return (f"it contains objects that the safe loader (torch.load weights_only=True) refuses: {refused}. "
                 "jasco will not execute it (unpickling such objects can run arbitrary code). If you wrote "
@@ -133,11 +134,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Load a checkpoint dict with `torch.load(weights_only=True)`, raising `CheckpointError` on failure.
 
     Raises:
-        environment.UnsafeTorchError: the installed torch is older than 2.6, whose safe loader can
+        safe_load.UnsafeTorchError: the installed torch is older than 2.6, whose safe loader can
             be bypassed (nothing is read).
         CheckpointError: missing, empty, truncated or corrupt, refused objects, or not a dict.
     """
-    environment.check_safe_torch_load()
+    safe_load.check_safe_torch_load()
     path = Path(path)
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"

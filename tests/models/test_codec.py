@@ -18,7 +18,7 @@ from helpers_codec import (
 )
 from transformers import EncodecModel
 
-from jasco import environment
+from jasco import hub
 from jasco.models.codec import (
     EncodecCompressionModel,
     bandwidth_for_codebooks,
@@ -206,7 +206,7 @@ def test_from_pretrained_offline_repo_id_explains_how_to_get_it(tmp_path, monkey
         monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("JASCO_CACHE_DIR", str(tmp_path / "cache"))
     begin = time.monotonic()
-    with pytest.raises(environment.HubUnavailableError) as err:
+    with pytest.raises(hub.HubUnavailableError) as err:
         EncodecCompressionModel.from_pretrained("jasco-tests/no-such-codec")
     assert time.monotonic() - begin < 5  # no retries
     message = str(err.value)

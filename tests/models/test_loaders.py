@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from reference_files import CHORD_MAPPING, CODEC_PREFIX, SHAPES, SMALL_REF, assert_close, require
 from transformers import EncodecModel
 
-from jasco import environment
+from jasco import hub, safe_load
 from jasco.controls.chords.vocabulary import ChordVocabulary
 from jasco.export import export_lm, export_pretrained_compression_model
 from jasco.models import loaders
@@ -213,7 +213,7 @@ def test_malicious_file_is_named_as_such_and_not_executed(tmp_path, monkeypatch,
 def test_torch_older_than_2_6_is_refused(chords_only, monkeypatch):
     _, folder = chords_only
     monkeypatch.setattr(torch, "__version__", "2.5.1+cu124")
-    with pytest.raises(environment.UnsafeTorchError, match=r"torch 2\.5\.1\+cu124 .*CVE-2025-32434"):
+    with pytest.raises(safe_load.UnsafeTorchError, match=r"torch 2\.5\.1\+cu124 .*CVE-2025-32434"):
         load_jasco_model(folder)
 
 
@@ -228,7 +228,7 @@ def test_offline_repo_id_says_how_to_provide_files(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # set after huggingface_hub was imported: still honoured
     monkeypatch.setenv("JASCO_CACHE_DIR", str(tmp_path / "cache"))
     begin = time.monotonic()
-    with pytest.raises(environment.HubUnavailableError, match="pass the directory instead of the repo id") as info:
+    with pytest.raises(hub.HubUnavailableError, match="pass the directory instead of the repo id") as info:
         load_jasco_model("facebook/jasco-chords-drums-400M")
     assert time.monotonic() - begin < 5
     message = str(info.value)
@@ -247,10 +247,10 @@ def test_unreachable_hub_fails_fast(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")  # refuses connections
-    monkeypatch.setattr(environment, "_hub_probes", {})
+    monkeypatch.setattr(hub, "_hub_probes", {})
     monkeypatch.setenv("JASCO_CACHE_DIR", str(tmp_path / "cache"))
     begin = time.monotonic()
-    with pytest.raises(environment.HubUnavailableError, match=r"cannot be reached .*pass the directory"):
+    with pytest.raises(hub.HubUnavailableError, match=r"cannot be reached .*pass the directory"):
         loaders.resolve_file("someone/not-cached", "state_dict.bin")
     assert time.monotonic() - begin < 5
 

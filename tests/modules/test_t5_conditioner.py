@@ -8,7 +8,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
-from jasco import environment
+from jasco import hub
 from jasco.modules.conditioners import T5Conditioner
 
 WORDS = ["<pad>", "</s>", "<unk>", "calm", "piano", "song", "loud", "drums", "with"]
@@ -97,7 +97,7 @@ def test_offline_encoder_not_in_the_cache_fails_fast(tmp_path, monkeypatch, name
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # set after huggingface_hub was imported: still honoured
     monkeypatch.setenv("JASCO_CACHE_DIR", str(tmp_path / "cache"))
     begin = time.monotonic()
-    with pytest.raises(environment.HubUnavailableError) as err:  # unknown name: its config; t5-base: the encoder
+    with pytest.raises(hub.HubUnavailableError) as err:  # unknown name: its config; t5-base: the encoder
         T5Conditioner(name, output_dim=8).tokenize(["calm piano"])
     assert time.monotonic() - begin < 5
     message = str(err.value)

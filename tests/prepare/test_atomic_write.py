@@ -1,4 +1,4 @@
-"""One atomic writer (`jasco.environment.atomic_write`) behind every file `jasco.prepare` writes."""
+"""One atomic writer (`jasco.files.atomic_write`) behind every file `jasco.prepare` writes."""
 from __future__ import annotations
 
 import os
@@ -14,7 +14,7 @@ from jasco.controls.melody.salience import read_salience, write_salience
 from jasco.data.drum_codes import write_drum_codes
 from jasco.data.latents import write_latents
 from jasco.data.manifest import AudioMeta, load_manifest, save_manifest
-from jasco.environment import atomic_path, atomic_write, write_text_atomic
+from jasco.files import atomic_path, atomic_write, write_text_atomic
 from jasco.prepare.tracks import Track, load_tracks, save_tracks
 
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 from helpers_training import ensure_example, experiment
 
-from jasco import environment
+from jasco import safe_load
+from jasco import files
 from jasco.solvers import checkpoint as ckpt
 from jasco.solvers.checkpoint import (
     CheckpointError,
@@ -165,7 +166,7 @@ def test_torch_older_than_2_6_is_refused(tmp_path, monkeypatch, version, refused
     monkeypatch.setattr(torch, "__version__", version)
     if refused:
         expected = rf"torch {re.escape(version)} .*CVE-2025-32434.*torch>=2\.6"
-        with pytest.raises(environment.UnsafeTorchError, match=expected):
+        with pytest.raises(safe_load.UnsafeTorchError, match=expected):
             load_checkpoint(path)
     else:
         assert load_checkpoint(path)["epoch"] == 3
@@ -278,7 +279,7 @@ def test_full_disk_is_a_clear_error_and_leaves_no_temp_file(tmp_path, monkeypatc
     original = path.read_bytes()
     monkeypatch.setattr(torch, "save", writer)
     state = {"model": {"w": torch.zeros(3, 2**20)}}  # 12 MB of float32
-    with pytest.raises(environment.DiskFullError) as info:
+    with pytest.raises(files.DiskFullError) as info:
         save_checkpoint(state, path)
     monkeypatch.undo()
     message = str(info.value)
@@ -319,10 +320,10 @@ def test_solver_start_cleans_temps_and_history_never_runs_ahead(tmp_path, monkey
         solver = get_solver(xp.cfg)
 
         def full_disk(state, path, *args, **kwargs):
-            raise environment.disk_full_error(path, 10**6, ckpt.DISK_FULL_HINT)
+            raise files.disk_full_error(path, 10**6, ckpt.DISK_FULL_HINT)
 
         monkeypatch.setattr(base, "save_checkpoint", full_disk)
-        with pytest.raises(environment.DiskFullError):
+        with pytest.raises(files.DiskFullError):
             solver.run()  # epoch 1 trains, then its checkpoint cannot be written
         monkeypatch.undo()
         assert not any(path.exists() for path in stale)  # removed at start, before any save

@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from jasco.environment import write_text_atomic
+from jasco.files import write_text_atomic
 
 
 def validate_progression(progression: Sequence, source: str) -> list[tuple[float, str]]:

@@ -31,7 +31,8 @@ from jasco.controls.melody.network import (
     MultiF0Salience,
 )
 from jasco.controls.melody.salience import MELODY_FRAME_RATE, N_MELODY_BINS, one_hot_frames
-from jasco.environment import atomic_write, download_dir
+from jasco.files import atomic_write
+from jasco.environment import download_dir
 
 G2_HZ = 97.999
 # With fmin 32.7 Hz (not C1 = 32.703 Hz) the G2 row sits at 97.989 Hz, 0.18 cent below G2_HZ; a

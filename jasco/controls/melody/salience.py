@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jasco.environment import atomic_write
+from jasco.files import atomic_write
 
 N_MELODY_BINS = 53  # rows of the melody condition: MIDI 43 + k
 MELODY_LOWEST_MIDI = 43

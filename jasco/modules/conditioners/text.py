@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from jasco import environment
+from jasco import hub
 from jasco.modules.conditioners.base import BaseConditioner, ConditionTensor
 
 logger = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ class T5Conditioner(_TextConditioner):
             return T5_DIMS[name]
         from transformers import AutoConfig
         try:
-            config = environment.from_hub(
+            config = hub.from_hub(
                 lambda local_only: AutoConfig.from_pretrained(name, cache_dir=cache_dir, local_files_only=local_only),
                 name, what="the config of text encoder", cache=cache_dir, local_fix=_T5_LOCAL_FIX)
             return config.d_model
@@ -119,14 +120,14 @@ class T5Conditioner(_TextConditioner):
 
     def _load(self) -> None:
         """Load tokenizer and encoder: offline or with an unreachable hub, from the cache only, and
-        an encoder that is not there raises `environment.HubUnavailableError` at once."""
+        an encoder that is not there raises `hub.HubUnavailableError` at once."""
         from transformers import AutoTokenizer, T5EncoderModel
         try:
-            tokenizer = environment.from_hub(
+            tokenizer = hub.from_hub(
                 lambda local_only: AutoTokenizer.from_pretrained(self.name, cache_dir=self.cache_dir,
                                                                  local_files_only=local_only),
                 self.name, what="the T5 text encoder", cache=self.cache_dir, local_fix=_T5_LOCAL_FIX)
-            model = environment.from_hub(
+            model = hub.from_hub(
                 lambda local_only: T5EncoderModel.from_pretrained(self.name, cache_dir=self.cache_dir,
                                                                   local_files_only=local_only),
                 self.name, what="the T5 text encoder", cache=self.cache_dir, local_fix=_T5_LOCAL_FIX)
