@@ -19,6 +19,7 @@ from hydra.errors import Hydra14MigrationWarning
 from omegaconf import DictConfig
 
 from jasco import environment
+from jasco.solvers import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,9 @@ def describe(solver: "flashy.BaseSolver") -> str:
     for split, loader in solver.dataloaders.items():
         dataset = loader.dataset
         lines.append(f"data {split}: {type(dataset).__name__} {len(dataset.metas)} files, {len(dataset)} items, "
-                     f"batch {loader.batch_size}, segment {dataset.segment_duration} s")
+                     f"batch {loader.batch_size or solver.batch_size}, segment {dataset.segment_duration} s")
+    lines.append(f"global batch {solver.cfg.dataset.batch_size} = micro-batches of up to {solver.batch_size} x "
+                 f"{solver.accumulation} accumulation steps x {distributed.world_size()} process(es)")
     return "\n".join(lines)
 
 
@@ -82,8 +85,14 @@ class PlainFormatter(logging.Formatter):
 
 def setup_logging(level: str, with_file_log: bool = True) -> None:
     """flashy's logging: coloured lines on stderr and, with `with_file_log`, the XP folder's
-    `solver.log.<rank>` in plain text (flashy gives its file handler the coloured formatter too)."""
-    flashy.setup_logging(level=logging.getLevelName(str(level).upper()), with_file_log=with_file_log)
+    `solver.log.0` in plain text (flashy gives its file handler the coloured formatter too).
+
+    With several processes, rank 0 logs for all: the others write no file and print warnings and
+    errors only.
+    """
+    rank = distributed.launch_rank()
+    level = str(level).upper() if rank == 0 else "WARNING"
+    flashy.setup_logging(level=logging.getLevelName(level), with_file_log=with_file_log and rank == 0)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.setFormatter(PlainFormatter())
@@ -133,6 +142,13 @@ class JascoMain(HydraMain):
         with hydra_migration_warnings_hidden():
             return super()._main()
 
+    def init_xp(self, xp: Any) -> None:
+        """Dora writes the XP's `.argv.json` here; with several processes only rank 0 writes it."""
+        if distributed.launch_rank() > 0:
+            xp.folder.mkdir(exist_ok=True, parents=True)
+            return
+        super().init_xp(xp)
+
     def _get_dora(self) -> DoraConfig:
         dora = super()._get_dora()
         dora.dir = environment.dora_dir()
@@ -156,15 +172,28 @@ def jasco_main(config_path: str, config_name: str, **kwargs: Any) -> Callable[[C
 @jasco_main(config_path="../config", config_name="config", version_base="1.1")
 def main(cfg: DictConfig) -> None:
     """Train (or `show`, or `execute_only` one stage) the experiment described by `cfg`."""
-    environment.resolve_device(cfg.device)  # a bad or missing device fails before anything starts
+    device = environment.resolve_device(cfg.device)  # a bad or missing device fails before anything starts
     init_seed_and_system(cfg)
     setup_logging(cfg.logging.level, with_file_log=not cfg.show)
-    flashy.distrib.init()
-    solver = get_solver(cfg)
-    if cfg.show:
-        print(describe(solver))
-        return
-    solver.run()
+    distributed.init(device)  # several processes (dora run -d, torchrun, SLURM): nccl on CUDA, gloo on CPU
+    from contextlib import nullcontext
+
+    from jasco.solvers.interrupts import StopSignals, TrainingInterrupted
+    from jasco.solvers.run_lock import ExperimentLocked
+    # Training: a stop signal (Ctrl-C, SIGTERM, SLURM's SIGUSR1) that comes while the solver is
+    # built is kept for its first update boundary (docs/SCALING.md, "Preemption").
+    with StopSignals() if not cfg.show and not cfg.execute_only else nullcontext():
+        solver = get_solver(cfg)
+        if cfg.show:
+            print(describe(solver))
+            return
+        try:
+            solver.run()
+        except ExperimentLocked as error:  # one line, no traceback: nothing went wrong in this run
+            logger.error("%s", error)
+            raise SystemExit(error.exit_code) from None
+        except TrainingInterrupted as stop:  # checkpoint saved and logged: exit as the signal would have
+            raise SystemExit(stop.exit_code) from None
     if flashy.distrib.is_rank_zero():
         folder = solver.folder
         print(f"\nExperiment folder: {folder}\n  checkpoint: {solver.checkpoint_path}\n"

@@ -342,7 +342,6 @@ def test_device_errors_name_the_value():
 @pytest.mark.parametrize(("override", "key"), [
     ("fsdp.use=true", "fsdp.use"),
     ("logging.log_wandb=true", "logging.log_wandb"),
-    ("deadlock.use=true", "deadlock.use"),
     ("+evaluate.metrics.fad=true", "evaluate.metrics"),
 ])
 def test_unsupported_feature_stops_the_solver_at_start(override, key, tmp_path):

@@ -98,9 +98,11 @@ class FlowMatchingModel(nn.Module):
         init_layer_(self.linear, zero_bias=zero_bias)
 
     # ------------------------------------------------------------------ conditions
-    def apply_condition_dropout(self, attributes: list[ConditioningAttributes]) -> list[ConditioningAttributes]:
-        """Training-time CFG dropout then attribute dropout (no-ops in eval mode)."""
-        return self.att_dropout(self.cfg_dropout(attributes))
+    def apply_condition_dropout(self, attributes: list[ConditioningAttributes],
+                                generator: torch.Generator | None = None) -> list[ConditioningAttributes]:
+        """Training-time CFG dropout then attribute dropout (no-ops in eval mode), drawn from
+        `generator` when given (else each dropout's own generator, or torch's global one)."""
+        return self.att_dropout(self.cfg_dropout(attributes, generator), generator)
 
     def condition_tensors(self, attributes: list[ConditioningAttributes]) -> dict[str, ConditionTensor]:
         """Tokenize and embed the conditions of a batch."""

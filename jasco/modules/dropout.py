@@ -27,12 +27,14 @@ class ClassifierFreeGuidanceDropout(nn.Module):
         self.p, self.per_sample = p, per_sample
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
-    def forward(self, attributes: list[ConditioningAttributes]) -> list[ConditioningAttributes]:
-        """Return new attributes, some nullified (only in training mode)."""
+    def forward(self, attributes: list[ConditioningAttributes],
+                generator: torch.Generator | None = None) -> list[ConditioningAttributes]:
+        """Return new attributes, some nullified (only in training mode); draws from `generator` when given."""
         if not self.training:
             return attributes
         out = []
-        for attr, drop in zip(attributes, _draws(self.p, len(attributes), self.per_sample, self.generator)):
+        draws = _draws(self.p, len(attributes), self.per_sample, self.generator if generator is None else generator)
+        for attr, drop in zip(attributes, draws):
             attr = attr.copy()
             if drop:
                 attr.nullify_all()
@@ -53,14 +55,17 @@ class AttributeDropout(nn.Module):
         self.active_on_eval, self.per_sample = active_on_eval, per_sample
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
-    def forward(self, attributes: list[ConditioningAttributes]) -> list[ConditioningAttributes]:
-        """Return new attributes with each configured condition dropped with its probability."""
+    def forward(self, attributes: list[ConditioningAttributes],
+                generator: torch.Generator | None = None) -> list[ConditioningAttributes]:
+        """Return new attributes with each configured condition dropped with its probability
+        (drawn from `generator` when given)."""
         if not self.training and not self.active_on_eval:
             return attributes
+        generator = self.generator if generator is None else generator
         out = [attr.copy() for attr in attributes]
         for kind, probs in self.p.items():
             for name, p in probs.items():
-                for attr, drop in zip(out, _draws(p, len(out), self.per_sample, self.generator)):
+                for attr, drop in zip(out, _draws(p, len(out), self.per_sample, generator)):
                     if drop and name in getattr(attr, kind):
                         attr.nullify(kind, name)
         return out

@@ -7,13 +7,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Any
 
-import flashy
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.utils.data import DataLoader
 
 from jasco.audio.io import SOUNDFILE_EXTENSIONS
 from jasco.controls.chords.vocabulary import ChordVocabulary
@@ -23,9 +24,12 @@ from jasco.data.latents import verify_latent_cache
 from jasco.models import flow
 from jasco.models.builders import get_compression_model, get_flow_matching_model
 from jasco.environment import resolve_dataset_path
+from jasco.solvers import distributed
 from jasco.solvers.base import StandardSolver
 from jasco.solvers.continuation import initial_state_from
 from jasco.solvers.ema import ModuleDictEMA
+from jasco.solvers.interrupts import ignore_stop_signals
+from jasco.solvers.resume import batches_from
 from jasco.solvers.samples import write_samples
 from jasco.solvers.schedulers import build_lr_scheduler
 
@@ -79,6 +83,9 @@ class JascoSolver(StandardSolver):
         self.model = get_flow_matching_model(cfg, self.compression_model).to(self.device)
         if start is not None:
             self.model.load_state_dict(start, strict=True)
+        # What the train stage runs: DDP over the same module when distributed (docs/SCALING.md); `self.model`
+        # (checkpoints, EMA, valid, generate) stays the plain module. Wrapping syncs every rank to rank 0's weights.
+        self.train_model = distributed.wrap(self.model, self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         fused = cfg.optim.get("fused", "auto")
         fused = self.device.type == "cuda" if fused == "auto" else bool(fused)
@@ -99,6 +106,11 @@ class JascoSolver(StandardSolver):
         if cfg.autocast and self.autocast_dtype == torch.float16:
             self.scaler = torch.amp.GradScaler(self.device.type)
         self.updates = 0
+        if distributed.world_size() > 1:
+            # Every rank built the model from the same seed; what still draws from torch's global generator
+            # (dropout layers) gets a stream of its own per rank. Flow-matching noise and condition dropout
+            # draw from generators keyed by item and update instead (`batch_loss`).
+            torch.manual_seed(distributed.item_seed(cfg.seed, "rank", distributed.rank()))
 
     def autocast(self) -> torch.autocast:
         """Mixed precision for the flow network (the codec always runs in fp32)."""
@@ -106,11 +118,11 @@ class JascoSolver(StandardSolver):
 
     def build_dataloaders(self) -> None:
         cfg = self.cfg
-        world = flashy.distrib.world_size()
-        if cfg.dataset.batch_size % world != 0:
-            raise ValueError(f"dataset.batch_size={cfg.dataset.batch_size} (global) must be divisible by "
-                             f"the world size {world}")
-        self.batch_size = cfg.dataset.batch_size // world
+        world, rank = distributed.world_size(), distributed.rank()
+        # dataset.batch_size is the global batch of one update: accumulation_steps x processes micro-batches.
+        self.accumulation = cfg.optim.accumulation_steps
+        distributed.check_global_batch(cfg.dataset.batch_size, self.accumulation, world)
+        self.batch_size = -(-cfg.dataset.batch_size // (self.accumulation * world))  # the largest micro-batch
         if f".{cfg.generate.audio.format}" not in SOUNDFILE_EXTENSIONS:
             raise ValueError(f"generate.audio.format={cfg.generate.audio.format!r}: choose one of "
                              f"{sorted(suffix[1:] for suffix in SOUNDFILE_EXTENSIONS)}")
@@ -143,9 +155,17 @@ class JascoSolver(StandardSolver):
             if any(meta.get_path("latents_path") for meta in dataset.metas):
                 # A cache made with another codec would silently train on wrong targets.
                 verify_latent_cache(resolve_dataset_path(path), self.compression_model)
-            self.dataloaders[split] = flashy.distrib.loader(
-                dataset, batch_size=self.batch_size, shuffle=False, num_workers=cfg.dataset.num_workers,
-                collate_fn=dataset.collater, drop_last=split == "train")
+            loader_kwargs = {"num_workers": cfg.dataset.num_workers, "collate_fn": dataset.collater,
+                             "worker_init_fn": ignore_stop_signals if cfg.dataset.num_workers else None}
+            if split == "train":
+                # This process's micro-batches of each update, the same every epoch (distributed.UpdateBatchSampler).
+                sampler = distributed.UpdateBatchSampler(len(dataset), cfg.dataset.batch_size, self.accumulation,
+                                                         cfg.optim.updates_per_epoch, rank, world)
+                self.dataloaders[split] = DataLoader(dataset, batch_sampler=sampler, **loader_kwargs)
+            else:
+                size = len(dataset) if split != "generate" else min(len(dataset), cfg.dataset.generate.num_samples)
+                self.dataloaders[split] = DataLoader(dataset, batch_size=self.batch_size,
+                                                     sampler=distributed.ShardSampler(size, rank, world), **loader_kwargs)
 
     # ------------------------------------------------------------------ one step
     def latents_of(self, wav: torch.Tensor, infos: list[JascoInfo]) -> torch.Tensor:
@@ -159,39 +179,86 @@ class JascoSolver(StandardSolver):
         with torch.no_grad():
             return self.compression_model.encode(wav.to(self.device))
 
-    def run_step(self, batch: tuple[torch.Tensor, list[JascoInfo]], train: bool,
-                 generator: torch.Generator | None = None) -> dict[str, float]:
-        """Flow-matching loss on one batch; in training, also the optimizer update."""
+    def batch_loss(self, batch: tuple[torch.Tensor, list[JascoInfo]], positions: Sequence[int],
+                   train: bool) -> torch.Tensor:
+        """Flow-matching loss (mean over the batch) of a (micro-)batch whose items sit at `positions`.
+
+        Item `i`'s noise `z0` and time `t` are keyed by the seed, the update (training; the split
+        otherwise) and `positions[i]` (its place in the update's global batch, or its dataset index):
+        the same whichever process or micro-batch holds the item, and after a resume. Training
+        applies condition dropout (`dropout_generator`) and runs `train_model` (DDP when distributed).
+        """
         wav, infos = batch
         attributes = [info.to_condition_attributes() for info in infos]
         if train:
-            attributes = self.model.apply_condition_dropout(attributes)
+            attributes = self.model.apply_condition_dropout(attributes, self.dropout_generator(positions))
         z1 = self.latents_of(wav, infos)
+        stream: tuple[int | str, ...] = ("train", self.updates) if train else ("valid",)
+        z0, t = distributed.item_noise([(self.cfg.seed, *stream, p) for p in positions], tuple(z1.shape[1:]),
+                                       z1.device, z1.dtype)
         with self.autocast():
-            condition_tensors = self.model.condition_tensors(attributes)
-            z0, t, z_t = flow.sample_training_point(z1, generator=generator)
-            v = self.model(z_t, t, condition_tensors=condition_tensors)
+            # Conditions are embedded inside the forward, so DDP sees the conditioners' parameters used.
+            v = (self.train_model if train else self.model)(flow.interpolate(z0, z1, t), t, conditions=attributes)
         loss = flow.flow_matching_loss(v, z0, z1, t, self.cfg.get("loss_func", "increasing"))
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"Loss is {loss.item()} at update {self.updates} (epoch {self.epoch}) on a batch of tracks "
                 f"(path@seek): {batch_tracks(infos)}. Lower optim.lr, check the data (silent or clipped audio), "
                 f"or disable fp16 autocast (autocast_dtype=bfloat16).")
-        metrics = {"loss": loss.item()}
+        return loss
+
+    def dropout_generator(self, positions: Sequence[int]) -> torch.Generator:
+        """Condition dropout's draws in the current update.
+
+        One stream per update, so the published one decision per batch is taken once for the global
+        batch: every micro-batch of every process drops the same conditions. With
+        `condition_dropout_per_sample`, a stream per micro-batch (keyed by its first position).
+        """
+        key: tuple[int | str, ...] = (self.cfg.seed, "dropout", self.updates)
+        if self.cfg.condition_dropout_per_sample:
+            key += (positions[0] if len(positions) else 0,)
+        return torch.Generator().manual_seed(distributed.item_seed(*key))
+
+    def run_step(self, batch: tuple[torch.Tensor, list[JascoInfo]], train: bool,
+                 positions: Sequence[int] | None = None) -> dict[str, float]:
+        """Loss of one batch; in training, one whole update on it (as this process's share of the global batch).
+
+        `positions` default to `0, 1, ...` (see `batch_loss`).
+        """
+        positions = range(len(batch[1])) if positions is None else positions
         if train:
-            metrics.update(self.optimizer_step(loss))
+            return self.train_update([batch], [positions])
+        return {"loss": self.batch_loss(batch, positions, train=False).item()}
+
+    def train_update(self, batches: list[tuple[torch.Tensor, list[JascoInfo]]], positions: list[Sequence[int]],
+                     global_batch: int | None = None) -> dict[str, float]:
+        """One optimizer update from this process's micro-batches of the update, in accumulation order.
+
+        Micro-batch `j` (`n_j` items at `positions[j]`) weighs its mean loss by `n_j W / G` (`G`
+        items in the global batch, default `W` times this process's; DDP averages over the `W`
+        processes): the update's gradient is that of the mean loss over the global batch, however
+        it is split. DDP all-reduces once, in the backward of the last micro-batch (`no_sync` before).
+        The `loss` returned is this process's mean over its items.
+        """
+        world = distributed.world_size()
+        local_items = sum(len(where) for where in positions)
+        global_batch = global_batch or local_items * world
+        self.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for step, (batch, where) in enumerate(zip(batches, positions)):
+            last = step == len(batches) - 1
+            with nullcontext() if last or world == 1 else self.train_model.no_sync():
+                loss = self.batch_loss(batch, where, train=True)
+                weighted = loss * (len(where) * world / global_batch)
+                (weighted if self.scaler is None else self.scaler.scale(weighted)).backward()
+            total += loss.item() * len(where)
+        metrics = {"loss": total / local_items}
+        metrics.update(self.optimizer_step())
         return metrics
 
-    def optimizer_step(self, loss: torch.Tensor) -> dict[str, float]:
-        """Backward, gradient sync and clipping, step, scheduler and EMA updates."""
-        self.optimizer.zero_grad(set_to_none=True)
+    def optimizer_step(self) -> dict[str, float]:
+        """Once the update's gradients are accumulated (and averaged by DDP): clipping, step, scheduler, EMA."""
         params = [p for p in self.model.parameters() if p.requires_grad]
-        # optim.eager_sync: all-reduce each gradient as soon as backward produces it, else after.
-        eager = self.cfg.optim.eager_sync
-        with flashy.distrib.eager_sync_gradients(params) if eager else nullcontext():
-            (loss if self.scaler is None else self.scaler.scale(loss)).backward()
-        if not eager:
-            flashy.distrib.sync_gradients(params)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         metrics = {}
@@ -211,35 +278,65 @@ class JascoSolver(StandardSolver):
         return metrics
 
     # ------------------------------------------------------------------ stages
-    def _loop(self, split: str, train: bool, num_updates: int | None = None,
-              generator: torch.Generator | None = None) -> dict[str, float]:
-        loader = self.dataloaders[split]
+    def _train_loop(self) -> dict[str, float]:
+        """`optim.updates_per_epoch` updates of `accumulation_steps` micro-batches each (`train_update`).
+
+        A train stage resumed in its middle starts at the update `stage_start` gives, without
+        loading the micro-batches before it; `step_done` follows every update.
+        """
+        loader = self.dataloaders["train"]
         loader.dataset.set_epoch(self.epoch)
-        total = num_updates or len(loader)
-        progress = self.log_progress(split, cycle(loader, total), total=total,
+        sampler: distributed.UpdateBatchSampler = loader.batch_sampler
+        total = self.cfg.optim.updates_per_epoch
+        start, average = self.stage_start()
+        micro_batches = batches_from(loader, start * self.accumulation)
+        positions = [sampler.positions(step) for step in range(self.accumulation)]
+        progress = self.log_progress("train", range(start, total), total=total - start,
                                      updates=max(1, total // max(1, self.cfg.logging.log_updates)))
-        average = flashy.averager()
-        metrics: dict[str, float] = {}
+        metrics: dict[str, float] = average.means()
         begin = time.time()
-        for batch in progress:
-            step_metrics = self.run_step(batch, train, generator)
-            step_metrics["samples_per_s"] = batch[0].shape[0] * flashy.distrib.world_size() / max(time.time() - begin, 1e-9)
+        for _ in progress:
+            batches = [next(micro_batches) for _ in range(self.accumulation)]
+            step_metrics = self.train_update(batches, positions, sampler.global_batch)
+            step_metrics["samples_per_s"] = sampler.global_batch / max(time.time() - begin, 1e-9)
             begin = time.time()
             metrics = average(step_metrics)
             progress.update(**metrics)
-            if train:
-                self.log_scalars("train_step", step_metrics, self.updates)
-        return flashy.distrib.average_metrics(metrics, total)
+            self.log_scalars("train_step", step_metrics, self.updates)
+            self.step_done()  # update boundary: stop signals, deadlock watchdog
+        # Each process's means are over its items of every update: weighting by them gives the global means.
+        return distributed.average_metrics(metrics, sum(len(where) for where in positions))
+
+    def _eval_loop(self, split: str) -> dict[str, float]:
+        """Mean loss over this process's shard of `split`, averaged over the processes by item."""
+        loader = self.dataloaders[split]
+        loader.dataset.set_epoch(self.epoch)
+        _, average = self.stage_start()
+        progress = self.log_progress(split, loader, total=len(loader),
+                                     updates=max(1, len(loader) // max(1, self.cfg.logging.log_updates)))
+        metrics: dict[str, float] = {}
+        seen = 0
+        begin = time.time()
+        for batch in progress:
+            indices = [loader.sampler.global_index(seen + i) for i in range(len(batch[1]))]
+            seen += len(indices)
+            step_metrics = self.run_step(batch, False, indices)
+            step_metrics["samples_per_s"] = len(indices) * distributed.world_size() / max(time.time() - begin, 1e-9)
+            begin = time.time()
+            metrics = average(step_metrics, len(indices))
+            progress.update(**metrics)
+            self.step_done()
+        return distributed.average_metrics(metrics, seen)
 
     def train(self) -> dict[str, float]:
         self.model.train()
-        return self._loop("train", True, self.cfg.optim.updates_per_epoch)
+        return self._train_loop()
 
     def valid(self) -> dict[str, float]:
         self.model.eval()
-        # Same noise and times every epoch, so valid losses are comparable across epochs.
-        generator = torch.Generator(self.device).manual_seed(self.cfg.seed)
-        return self._loop("valid", False, generator=generator)
+        # Each item's noise and time are keyed by its index: the same every epoch, so valid losses
+        # are comparable across epochs (and do not depend on the number of processes).
+        return self._eval_loop("valid")
 
     def evaluate(self) -> dict[str, float]:
         """Loss of the best state at fixed times t, unweighted: how well each part of the path is fit."""
@@ -249,61 +346,77 @@ class JascoSolver(StandardSolver):
         times = [0.1, 0.3, 0.5, 0.7, 0.9]
         sums = {t: 0.0 for t in times}
         count = 0
-        generator = torch.Generator(self.device).manual_seed(self.cfg.seed)
         for wav, infos in loader:
+            indices = [loader.sampler.global_index(count + i) for i in range(len(infos))]
             z1 = self.latents_of(wav, infos)
             tensors = self.model.condition_tensors([info.to_condition_attributes() for info in infos])
-            for t_value in times:
-                z0 = torch.randn(z1.shape, generator=generator, device=self.device)
+            for k, t_value in enumerate(times):
+                z0, _ = distributed.item_noise([(self.cfg.seed, "evaluate", k, i) for i in indices],
+                                               tuple(z1.shape[1:]), z1.device, z1.dtype)
                 t = torch.full((z1.shape[0], 1, 1), t_value, device=self.device)
                 with self.autocast():
                     v = self.model(flow.interpolate(z0, z1, t), t, condition_tensors=tensors)
                 sums[t_value] += flow.flow_matching_loss(v, z0, z1, t, "uniform").item() * z1.shape[0]
             count += z1.shape[0]
+            self.step_done()
         metrics = {f"loss_t{t:.1f}": s / max(count, 1) for t, s in sums.items()}
         metrics["loss"] = sum(metrics.values()) / len(times)
-        return flashy.distrib.average_metrics(metrics, count)
+        return distributed.average_metrics(metrics, count)
 
     def generate(self) -> dict[str, float]:
-        """Sample from the conditions of the generate set; write wavs, condition JSON and pictures."""
+        """Sample from the conditions of the generate set; write wavs, condition JSON and pictures.
+
+        Each process samples its shard of the set, item `i` from initial noise keyed by `i` (the
+        samples do not depend on the number of processes); rank 0 gathers and writes them all.
+        """
         self.model.eval()
         loader = self.dataloaders.get("generate") or self.dataloaders["valid"]
         loader.dataset.set_epoch(0)
         lm = self.cfg.generate.lm
-        generator = torch.Generator(self.device).manual_seed(self.cfg.seed)
         out_dir = self.folder / self.cfg.generate.path / str(self.epoch)
-        wanted = self.cfg.dataset.generate.num_samples
-        written = 0
+        wanted = min(self.cfg.dataset.generate.num_samples, loader.sampler.size)
+        done: list[tuple[int, torch.Tensor, JascoInfo]] = []  # (index in the set, audio [C, N] on CPU, info)
+        seen = 0
         begin = time.time()
         for _, infos in loader:
-            infos = infos[: wanted - written]
+            indices = [loader.sampler.global_index(seen + i) for i in range(len(infos))]
+            seen += len(infos)
+            infos, indices = [info for info, i in zip(infos, indices) if i < wanted], [i for i in indices if i < wanted]
+            if not infos:
+                break
             attributes = [info.to_condition_attributes() for info in infos]
             # Lengths from the infos: the batch holds no audio when the dataset reads cached latents.
             n_samples = max(info.total_frames for info in infos)
             n_frames = math.ceil(n_samples / self.compression_model.hop_length)
+            noise, _ = distributed.item_noise([(self.cfg.seed, "generate", i) for i in indices],
+                                              (n_frames, self.model.flow_dim), self.device)
             with self.autocast():
                 latents = self.model.generate(attributes, max_gen_len=n_frames, cfg_coef_all=lm.cfg_coef_all,
                                               cfg_coef_txt=lm.cfg_coef_txt, solver=lm.solver,
                                               euler_steps=lm.euler_steps, ode_atol=lm.ode_atol,
-                                              ode_rtol=lm.ode_rtol, generator=generator)
-            audio = self.compression_model.decode(latents.float())
-            if flashy.distrib.is_rank_zero():
-                write_samples(out_dir, audio, self.compression_model.sample_rate, infos, written,
+                                              ode_rtol=lm.ode_rtol, initial_noise=noise)
+            audio = self.compression_model.decode(latents.float()).cpu()
+            done += list(zip(indices, audio, infos))
+            self.step_done()
+        gathered = distributed.gather_to_rank_zero(done)
+        if gathered is not None:  # rank 0: every process's samples, written in the set's order
+            for index, wav, info in sorted((item for part in gathered for item in part), key=lambda item: item[0]):
+                write_samples(out_dir, wav[None], self.compression_model.sample_rate, [info], index,
                               self.cfg.generate.audio, self._tensorboard, self.epoch,
                               frame_rate=self.compression_model.frame_rate,
                               chord_labels=None if self.vocabulary is None else self.vocabulary.labels)
-            written += len(infos)
-            if written >= wanted:
-                break
-        logger.info("Generated %d samples in %s", written, out_dir)
-        return {"num_samples": written, "seconds_per_sample": (time.time() - begin) / max(written, 1)}
+        logger.info("Generated %d samples in %s", wanted, out_dir)
+        return {"num_samples": wanted, "seconds_per_sample": (time.time() - begin) / max(wanted, 1)}
 
+def cycle(loader: Any, total: int, start: int = 0) -> Any:
+    """Yield batches `start` to `total - 1` of the loader restarted each time it runs out.
 
-def cycle(loader: Any, total: int) -> Any:
-    """Yield `total` batches, restarting the loader when it runs out."""
-    count = 0
+    The `start` batches before are not loaded (`resume.batches_from`): a resumed epoch continues at
+    the batch it stopped at.
+    """
+    count = start
     while count < total:
-        for batch in loader:
+        for batch in batches_from(loader, count % len(loader)):
             yield batch
             count += 1
             if count >= total:

@@ -72,3 +72,19 @@ def test_null_values_reach_the_conditioners():
     assert tokens.shape == (2, 10) and (tokens == 194).all()
     salience = melody.tokenize([a.symbolic["melody"] for a in attrs])
     assert salience.shape == (2, 53, 10) and not salience.any()
+
+
+def test_a_given_generator_decides_for_every_micro_batch_alike():
+    """The solver passes one generator per update: micro-batches of any size drop the same conditions."""
+    cfg, att = ClassifierFreeGuidanceDropout(p=0.5), AttributeDropout({"wav": {"self_wav": 0.5}, "symbolic": {"chords": 0.5}})
+
+    def decisions(size: int, seed: int) -> list[dict[str, bool]]:
+        generator = torch.Generator().manual_seed(seed)
+        return [is_null(a) for a in att(cfg(batch(size), generator), generator)]
+
+    outcomes = set()
+    for seed in range(16):
+        whole, part = decisions(4, seed), decisions(1, seed)
+        assert whole == part * 4
+        outcomes.add(tuple(whole[0].values()))
+    assert len(outcomes) > 2

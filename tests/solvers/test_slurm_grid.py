@@ -1,5 +1,6 @@
-"""Grids on SLURM: resources fitted to the cluster (`jasco.grids._slurm`), and `dora grid debug`
-run to completion on a real cluster: the one-node cluster of scripts/local_slurm.sh.
+"""Grids on SLURM: resources fitted to the cluster (`jasco.grids._slurm`), `dora grid debug`
+run to completion on a real cluster (the one-node cluster of scripts/local_slurm.sh), and a job
+signalled as SLURM does before a preemption or time limit, which saves, requeues and resumes.
 
 The integration test starts that cluster when no SLURM controller answers and it runs as root
 (as in CI); it skips when SLURM is unavailable, or when the controller is another cluster (a real
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers_interrupts import assert_same_training, checkpoint_of, finish, start_run, wait_for
 from helpers_training import REPO_ROOT, ensure_example
 
 from jasco.grids._slurm import Node, parse_sinfo, plan
@@ -167,3 +169,80 @@ def test_debug_grid_runs_to_the_end_on_slurm(slurm_cluster, tmp_path):
         assert best == pytest.approx(min(h["valid"]["loss"] for h in history), abs=1e-4) and best <= valid_loss
         assert math.isfinite(float(row["evaluate"][0]))
     print(f"dora grid debug on SLURM ({slurm_cluster}): jobs done in {elapsed:.0f} s\n{output}")
+
+
+# ---------------------------------------------------------------- preemption: signal, requeue, resume
+PREEMPTED = {"optim.epochs": 3, "optim.updates_per_epoch": 12, "generate.every": 0, "evaluate.every": 0}
+# `dora grid` for one experiment, through Dora's API (`dora grid` takes no overrides): the same
+# Shepherd, submitit executor and pickled main as `dora grid debug`.
+SUBMIT_ONE = """
+from dora.grid import RunGridArgs, run_grid
+from jasco.grids._explorers import JascoExplorer
+from jasco.grids._slurm import place
+from jasco.train import main
+
+@JascoExplorer
+def explorer(launcher):
+    place(launcher, gpus=1, cpu_ok=True, time=30)
+    launcher.bind_({{"solver": "jasco/debug"}})
+    launcher({overrides!r})
+
+args = RunGridArgs()
+args.monitor = False
+run_grid(main, explorer, "preemption_test", args=args)
+"""
+
+
+def job_state(job_id: str) -> str:
+    result = subprocess.run(["squeue", "-h", "-o", "%T", "-j", job_id], capture_output=True, text=True, timeout=60)
+    return result.stdout.strip()
+
+
+def start_requeued_job_now(job_id: str, timeout: float = 120) -> None:
+    """SLURM keeps a requeued job pending ~2 min (until its old credential expires): start it now (root)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if job_state(job_id) == "PENDING":
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=60)
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} was not requeued (state {job_state(job_id)!r})")
+
+
+@pytest.mark.slow
+def test_signalled_job_saves_requeues_through_submitit_and_resumes(slurm_cluster, tmp_path):
+    """`scancel --signal=USR1` (what `--signal=USR1@<s>` sends before a time limit or preemption) on a job
+    of `dora grid`: the job saves at the next update, submitit requeues it, the requeued job resumes at
+    that update and completes, with the final state of an uninterrupted run."""
+    ensure_example()
+    dora_dir = tmp_path / "dora"
+    env = {key: value for key, value in os.environ.items() if key not in ("JASCO_TEAM", "JASCO_CLUSTER")}
+    env.update(JASCO_DORA_DIR=str(dora_dir), DORA_PACKAGE="jasco")
+    submit = subprocess.run([sys.executable, "-c", SUBMIT_ONE.format(overrides=PREEMPTED)], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    output = ANSI.sub("", submit.stderr + submit.stdout)
+    assert submit.returncode == 0, output[-3000:]
+    [(job_id, sig)] = re.findall(r"Scheduled job (\S+) for sheep ([0-9a-f]{8})", output)
+    # Meanwhile here, the same experiment without interruption (device and num_threads are not in the signature).
+    overrides = ["solver=jasco/debug", *(f"{k}={v}" for k, v in PREEMPTED.items()), "device=cpu", "num_threads=1"]
+    reference = start_run(tmp_path / "reference", overrides, tmp_path / "reference.log")
+    try:
+        log = dora_dir / "xps" / sig / "solver.log.0"
+        wait_for(log, r"Train \| Epoch 2 \| 2/12", timeout=600)
+        subprocess.run(["scancel", "--signal=USR1", job_id], check=True, timeout=60)
+        stopped = wait_for(log, r"SIGUSR1: stopped in epoch 2, after update (\d+) of 12; checkpoint saved", timeout=120)
+        wait_for(log, rf"Requeued job {job_id}", timeout=120)  # submitit's handler, called after the save
+        if slurm_cluster == LOCAL_CLUSTER:
+            start_requeued_job_now(job_id)
+        if not wait_for_jobs([job_id], timeout=900):
+            subprocess.run(["scancel", job_id], check=False)
+            pytest.fail(f"job {job_id} still queued or running after 900 s\n{job_logs(dora_dir)}")
+        assert finish(reference) == 0, (tmp_path / "reference.log").read_text()[-3000:]
+    finally:
+        reference.kill()
+    sacct = subprocess.run(["sacct", "-X", "-n", "-j", job_id, "-o", "State"], capture_output=True, text=True, timeout=60)
+    assert sacct.stdout.split()[:1] == ["COMPLETED"], f"{sacct.stdout}\n{job_logs(dora_dir)}"
+    text = log.read_text()
+    assert f"Resuming epoch 2 at update {int(stopped.group(1)) + 1}" in text, text[-3000:]
+    assert len(json.loads((dora_dir / "xps" / sig / "history.json").read_text())) == 3
+    assert_same_training(checkpoint_of(dora_dir), checkpoint_of(tmp_path / "reference"))
