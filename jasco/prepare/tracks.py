@@ -225,11 +225,18 @@ def balance_splits(tracks: list[Track], valid_fraction: float) -> dict[str, str]
     """Split of each track id, so that with a positive valid fraction and 2+ tracks neither split is empty.
 
     Tracks keep their hash split; when one split is empty, the track of the other split with the
-    smallest id hash moves over (deterministic, and only what is needed).
+    smallest id hash moves over, and valid never holds more than `max(1, round(fraction * n))`
+    tracks: in a small dataset the hash may put most tracks in valid, and those with the largest
+    id hash move to train (deterministic, and only what is needed).
     """
     splits = {t.id: t.split for t in tracks}
     if valid_fraction <= 0 or len(tracks) < 2:
         return splits
+    cap = max(1, round(valid_fraction * len(tracks)))
+    valid = sorted((t for t in tracks if splits[t.id] == "valid"),
+                   key=lambda t: hashlib.sha1(t.id.encode("utf-8")).hexdigest())
+    for track in valid[cap:]:
+        splits[track.id] = "train"
     for empty in ("valid", "train"):
         if empty not in splits.values():
             other = [t for t in tracks if splits[t.id] != empty]

@@ -186,3 +186,19 @@ def test_valid_split_survives_a_failing_track(tmp_path):
     assert [f["track"] for f in rows(out / "failures.jsonl")] == [bad]
     splits = {s: [Path(m.path).stem for m in load_manifest(out / s)] for s in ("train", "valid")}
     assert len(splits["valid"]) == 1 and len(splits["train"]) == 1
+
+
+def test_balanced_splits_keep_valid_small_and_never_empty():
+    from types import SimpleNamespace
+
+    from jasco.prepare.tracks import balance_splits
+
+    tracks = [SimpleNamespace(id=f"t{i}", split="valid" if i < 3 else "train") for i in range(4)]
+    splits = balance_splits(tracks, valid_fraction=0.1)
+    assert list(splits.values()).count("valid") == 1  # 3 of 4 hashed to valid: capped at max(1, 0.4)
+    assert balance_splits(tracks, valid_fraction=0.1) == splits  # deterministic
+    all_train = [SimpleNamespace(id=f"t{i}", split="train") for i in range(3)]
+    assert list(balance_splits(all_train, 0.1).values()).count("valid") == 1
+    many = [SimpleNamespace(id=f"t{i}", split="valid" if i % 2 else "train") for i in range(20)]
+    assert list(balance_splits(many, 0.25).values()).count("valid") == 5
+    assert balance_splits(all_train, 0.0) == {t.id: "train" for t in all_train}
