@@ -26,17 +26,18 @@ try:
     from jasco.controls.chords.progression import write_chord_file
     from jasco.controls.chords.symbols import ROOT_NAMES, ChordSymbol
     from jasco.controls.chords.vocabulary import ChordVocabulary
+    from jasco.controls.melody.salience import notes_to_salience
 except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from jasco.controls.chords.progression import write_chord_file
     from jasco.controls.chords.symbols import ROOT_NAMES, ChordSymbol
     from jasco.controls.chords.vocabulary import ChordVocabulary
+    from jasco.controls.melody.salience import notes_to_salience
 
 GENERATOR_VERSION = 1
 SAMPLE_RATE = 32000
 FRAME_RATE = 50
 HOP = SAMPLE_RATE // FRAME_RATE  # clip lengths are whole salience / latent frames
-SALIENCE_BINS, SALIENCE_LOWEST_MIDI = 53, 43
 MAJOR, MINOR = (0, 2, 4, 5, 7, 9, 11), (0, 2, 3, 5, 7, 8, 10)
 # Scale degree (1-based) -> qualities it may take, per mode.
 DEGREE_QUALITIES = {
@@ -196,15 +197,6 @@ def _render_tonal(style: dict, changes: list, melody: list, n: int, duration: fl
     return pads, bass, lead
 
 
-def _salience(melody: list[tuple[float, float, int]], n_frames: int) -> np.ndarray:
-    """One-hot `[53, F]` of the sounding melody note per frame (frame f at f / 50 s)."""
-    sal = np.zeros((SALIENCE_BINS, n_frames), dtype=np.float32)
-    for start, end, midi in melody:
-        a, b = math.ceil(start * FRAME_RATE - 1e-6), math.ceil(end * FRAME_RATE - 1e-6)
-        sal[midi - SALIENCE_LOWEST_MIDI, a:min(b, n_frames)] = 1.0
-    return sal
-
-
 def _to_pcm16(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round(x * 32767), -32768, 32767).astype(np.int16)
 
@@ -251,7 +243,7 @@ def make_clip(out: Path, clip_id: str, rng: np.random.Generator) -> dict:
     sf.write(audio / f"{clip_id}.wav", mix_pcm, SAMPLE_RATE, subtype="PCM_16")
     sf.write(audio / f"{clip_id}.drums.wav", drums_pcm, SAMPLE_RATE, subtype="PCM_16")
     write_chord_file(audio / f"{clip_id}.chords.json", progression)
-    _write_npz(audio / f"{clip_id}.salience.npz", salience=_salience(melody, n // HOP),
+    _write_npz(audio / f"{clip_id}.salience.npz", salience=notes_to_salience(melody, n // HOP),
                frame_rate=np.float32(FRAME_RATE))
     key = f"{ROOT_NAMES[tonic]} {mode}"
     mood = style["moods"][0]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -40,17 +39,16 @@ try:
     from jasco.controls.chords.progression import write_chord_file
     from jasco.controls.chords.symbols import ROOT_NAMES, ChordSymbol
     from jasco.controls.chords.vocabulary import ChordVocabulary
-    from jasco.controls.melody.salience import write_salience
+    from jasco.controls.melody.salience import notes_to_salience, write_salience
 except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from jasco.controls.chords.progression import write_chord_file
     from jasco.controls.chords.symbols import ROOT_NAMES, ChordSymbol
     from jasco.controls.chords.vocabulary import ChordVocabulary
-    from jasco.controls.melody.salience import write_salience
+    from jasco.controls.melody.salience import notes_to_salience, write_salience
 
 GENERATOR_VERSION = 1
 FRAME_RATE = 50  # salience frames per second; track lengths are whole frames
-LOWEST_MIDI, N_BINS = 43, 53  # salience bin k = MIDI 43 + k
 TICKS = 480  # MIDI ticks per quarter note
 DRUM_CHANNEL = 9  # GM channel 10
 SOUNDFONTS = ("/usr/share/sounds/sf2/TimGM6mb.sf2", "/usr/share/sounds/sf2/default-GM.sf2",
@@ -358,15 +356,6 @@ def write_json(path: Path, obj: object, indent: int | None = 1) -> None:
     path.write_text(json.dumps(obj, indent=indent, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def melody_salience(notes: list[tuple[float, float, int]], n_frames: int) -> np.ndarray:
-    """One-hot `[53, F]` of the sounding lead note at each frame time f / 50 (zeros in rests)."""
-    sal = np.zeros((N_BINS, n_frames), dtype=np.float32)
-    for start, end, midi in notes:
-        a, b = math.ceil(start * FRAME_RATE - 1e-6), math.ceil(end * FRAME_RATE - 1e-6)
-        sal[midi - LOWEST_MIDI, a:min(b, n_frames)] = 1.0
-    return sal
-
-
 def make_track(out: Path, index: int, seconds: float, seed: int, soundfont: Path) -> dict:
     """Compose, render and write track `index` and its truth; returns its corpus.json entry."""
     rng = np.random.default_rng([seed, index])
@@ -434,7 +423,7 @@ def make_track(out: Path, index: int, seconds: float, seed: int, soundfont: Path
         write_chord_file(audio_dir / files["chords"], chords)
     if profile.salience:
         files["salience"] = f"{stem.name}.salience.npz"
-        write_salience(audio_dir / files["salience"], melody_salience(notes, n_frames), FRAME_RATE)
+        write_salience(audio_dir / files["salience"], notes_to_salience(notes, n_frames), FRAME_RATE)
     instruments = [PROGRAM_NAMES[song[p]] for p in ("pad", "bass", "lead")]
     if profile.sidecar:
         files["sidecar"] = f"{stem.name}.json"

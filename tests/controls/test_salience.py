@@ -90,3 +90,13 @@ def test_one_hot_keeps_argmax_and_silence() -> None:
 def test_segment_rejects_wrong_bins() -> None:
     with pytest.raises(SalienceError, match="53"):
         salience_segment(torch.zeros(12, 10), 86.0, 0.0, 5)
+
+
+def test_notes_to_salience_marks_the_sounding_note_per_frame():
+    from jasco.controls.melody.salience import notes_to_salience
+
+    sal = notes_to_salience([(0.0, 0.1, 43), (0.1, 0.15, 60), (0.2, 0.3, 200)], n_frames=12)
+    assert sal.shape == (N_MELODY_BINS, 12) and sal.dtype == np.float32
+    assert sal[0, :5].tolist() == [1.0] * 5 and sal[0, 5:].sum() == 0  # frames 0..4 (0.0 .. 0.08 s)
+    assert sal[17, 5:8].tolist() == [1.0] * 3  # MIDI 60 = row 17, frames 5..7
+    assert sal[:, 8:].sum() == 0  # a rest, then a note outside MIDI 43..95 stays silent

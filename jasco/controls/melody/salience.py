@@ -8,6 +8,8 @@ Shapes: `K` salience bins (53), `F` salience frames, `T` latent frames (50 per s
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +79,22 @@ def write_salience(path: str | Path, salience: torch.Tensor | np.ndarray, frame_
     with atomic_write(path, "wb") as f:  # an open file keeps numpy from appending ".npz" to other names
         np.savez(f, salience=array, frame_rate=np.float64(frame_rate))
     return path
+
+
+def notes_to_salience(notes: Sequence[tuple[float, float, int]], n_frames: int,
+                      frame_rate: float = MELODY_FRAME_RATE) -> np.ndarray:
+    """One-hot melody `[K, T]` (float32) of `(start_s, end_s, midi)` notes: frame f (at `f / frame_rate`
+    s) holds the note sounding then; rests and notes outside MIDI 43..95 stay zero.
+
+    A note covers the frames from `ceil(start * rate)` up to, not including, `ceil(end * rate)`.
+    """
+    out = np.zeros((N_MELODY_BINS, n_frames), dtype=np.float32)
+    for start, end, midi in notes:
+        row = int(midi) - MELODY_LOWEST_MIDI
+        if 0 <= row < N_MELODY_BINS:
+            first, stop = math.ceil(start * frame_rate - 1e-6), math.ceil(end * frame_rate - 1e-6)
+            out[row, max(first, 0):min(stop, n_frames)] = 1.0
+    return out
 
 
 def one_hot_frames(salience: torch.Tensor) -> torch.Tensor:
