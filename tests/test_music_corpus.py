@@ -24,7 +24,7 @@ from jasco.controls.chords.progression import read_chord_file
 from jasco.controls.chords.recognition import frame_accuracy, recognize_chords
 from jasco.controls.chords.symbols import parse_chord
 from jasco.controls.chords.vocabulary import ChordVocabulary
-from jasco.controls.melody.salience import read_salience
+from jasco.controls.melody.salience import notes_to_salience, read_salience
 from reference_files import DEEPSALIENCE
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -187,7 +187,7 @@ def test_salience_files_are_one_hot_melody(corpus: Path, gen: ModuleType) -> Non
                 assert active[f] == 1 and int(salience[:, f].argmax()) == sounding[0] - 43
             else:
                 assert active[f] == 0
-        assert torch.equal(salience, torch.from_numpy(gen.melody_salience(truth["melody"],
+        assert torch.equal(salience, torch.from_numpy(notes_to_salience(truth["melody"],
                                                                           salience.shape[1])))
 
 
@@ -230,7 +230,7 @@ def test_deepsalience_finds_the_truth_melody(corpus: Path, gen: ModuleType) -> N
                  if t["programs"]["lead"] in SUSTAINED_LEADS)
     wav, sr = audio_read(corpus / truth["lead_stem"])
     estimate = extract_salience(wav, sr, weights=DEEPSALIENCE)
-    reference = torch.from_numpy(gen.melody_salience(truth["melody"], estimate.shape[1]))
+    reference = torch.from_numpy(notes_to_salience(truth["melody"], estimate.shape[1]))
     voiced = reference.amax(0) > 0
     both = voiced & (estimate.amax(0) > 0)
     assert both.sum() >= 0.9 * voiced.sum()
