@@ -28,15 +28,8 @@ from jasco.audio.io import SOUNDFILE_EXTENSIONS, AudioReadError, audio_read, aud
 from jasco.controls.chords.progression import read_chord_file
 from jasco.controls.chords.vocabulary import ChordVocabulary
 from jasco.controls.melody.salience import read_salience, salience_segment
-from jasco.models.jasco import (
-    JASCO,
-    MAX_CFG_COEF,
-    MAX_DURATION,
-    MAX_SEED,
-    InvalidInputError,
-    int_problem,
-    real_problem,
-)
+from jasco.models.arguments import MAX_CFG_COEF, MAX_DURATION, MAX_SEED, InvalidInputError, int_problem, real_problem
+from jasco.models.jasco import JASCO
 from jasco.models.loaders import ChordVocabularyError, ModelLoadError
 
 logger = logging.getLogger(__name__)

@@ -15,13 +15,9 @@ from omegaconf import open_dict
 from jasco.audio.io import audio_read, audio_write
 from jasco.controls.chords.vocabulary import ChordVocabulary, frame_chords
 from jasco.controls.melody.salience import one_hot_frames, write_salience
+from jasco.models.arguments import InvalidInputError
 from jasco.models.codec import EncodecCompressionModel
-from jasco.models.jasco import (
-    JASCO,
-    InvalidInputError,
-    crossfade_weights,
-    window_starts,
-)
+from jasco.models.jasco import JASCO, crossfade_weights, window_starts
 from jasco.models.loaders import ChordVocabularyError
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "INFERENCE.md"
