@@ -124,3 +124,18 @@ def test_uneven_split_trains_as_one_batch(tmp_path, data):
     states = train(tmp_path, data, 2, "dataset.batch_size=5", "optim.accumulation_steps=2")
     assert_ranks_identical(states)
     assert_same_training(states[0], one)
+
+
+def test_activation_checkpointing_trains_as_without(tmp_path, data, reference):
+    """`transformer_lm.checkpointing=torch` under the train step: with dropout on and 2 accumulated micro-batches,
+    bitwise the same losses, gradient norms and weights as without (tests/modules/test_activation_checkpointing.py);
+    with 2 processes (DDP, no_sync on the first micro-batch), the same training as one process."""
+    overrides = ("optim.accumulation_steps=2", "transformer_lm.dropout=0.1")
+    (plain,) = train(tmp_path, data, 1, *overrides)
+    (checkpointed,) = train(tmp_path, data, 1, *overrides, "transformer_lm.checkpointing=torch")
+    assert checkpointed["losses"] == plain["losses"] and checkpointed["grad_norms"] == plain["grad_norms"]
+    for name, weights in model_states(checkpointed).items():
+        assert all(torch.equal(weights[key], model_states(plain)[name][key]) for key in weights), name
+    states = train(tmp_path, data, 2, "optim.accumulation_steps=2", "transformer_lm.checkpointing=torch")
+    assert_ranks_identical(states)
+    assert_same_training(states[0], reference)
