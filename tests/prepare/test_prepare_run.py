@@ -6,15 +6,15 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import soundfile as sf
 from helpers_prepare import EXAMPLE, copy_clips
+from reference_files import DEEPSALIENCE
 
 from jasco.data.jasco_dataset import JascoDataset
 from jasco.data.manifest import load_manifest
 from jasco.prepare.__main__ import main
 
-MELODY_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "deepsalience" / "multif0.h5"
+MELODY_WEIGHTS = DEEPSALIENCE
 
 
 def _rows(path: Path) -> list[dict]:
