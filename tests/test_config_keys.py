@@ -340,7 +340,6 @@ def test_device_errors_name_the_value():
 
 # ---------------------------------------------------------------- features not supported yet
 @pytest.mark.parametrize(("override", "key"), [
-    ("fsdp.use=true", "fsdp.use"),
     ("logging.log_wandb=true", "logging.log_wandb"),
     ("+evaluate.metrics.fad=true", "evaluate.metrics"),
 ])

@@ -24,7 +24,7 @@ from jasco.solvers.checkpoint import (
     remove_stale_temp_files,
     save_checkpoint,
 )
-from jasco.solvers.distributed import gather_to_rank_zero, local_device
+from jasco.solvers.distributed import full_tensors, gather_to_rank_zero, like, local_device
 from jasco.solvers.ema import ModuleDictEMA
 from jasco.solvers.interrupts import StopRequested, StopSignals, TrainingInterrupted, signal_name, stop_priority
 from jasco.solvers.resume import Averager, rng_state, set_rng_state
@@ -36,7 +36,6 @@ logger = logging.getLogger(__name__)
 # Keys of features that are not built yet (each has its own open issue): the value that leaves the
 # feature off, which is what happens today, and the feature's name. Any other value stops the run.
 NOT_SUPPORTED_YET: dict[str, tuple[Any, str]] = {
-    "fsdp.use": (False, "FSDP sharded training"),
     "logging.log_wandb": (False, "Weights & Biases logging"),
     "evaluate.metrics": ({}, "evaluation metrics (FAD, KLD, text consistency, chroma)"),
 }
@@ -92,6 +91,8 @@ class StandardSolver(flashy.BaseSolver):
         self._train_average: Averager | None = None  # its running metrics
         self._rng_after_train: dict[str, Any] | None = None  # random states when the train stage ended
         self._rank_states: list[dict[str, Any]] | None = None  # every rank's `rank_state`, gathered for a save
+        self.fsdp = bool(cfg.fsdp.use)  # build_model shards the model (docs/SCALING.md, "Sharded training (FSDP)")
+        self._full_states: dict[str, Any] | None = None  # FSDP: whole model/optimizer/EMA/best state, for a save
         self.build_model()
         self.build_dataloaders()
         self.register_stateful("model", "optimizer", "lr_scheduler", "best_state", "updates")
@@ -141,6 +142,10 @@ class StandardSolver(flashy.BaseSolver):
         ranks = self._rank_states if self._rank_states is not None else [self.rank_state()]
         state["rng"] = [rank["rng"] for rank in ranks]
         state["resume"] = self.resume_point([rank["train_average"] for rank in ranks])
+        if self.fsdp:
+            # Whole (unsharded) tensors, gathered by `gather_rank_states`: loadable at any world size.
+            state.update(self._full_states or {})
+            state["fsdp_best_state"] = state["best_state"]  # the same tensors (torch.save stores them once)
         return state
 
     def rank_state(self) -> dict[str, Any]:
@@ -161,6 +166,16 @@ class StandardSolver(flashy.BaseSolver):
         generator of its own (`JascoSolver.build_model`), so each rank's state is kept.
         """
         self._rank_states = gather_to_rank_zero(self.rank_state())
+        if self.fsdp:
+            from torch.distributed.checkpoint import state_dict as dcp
+            options = dcp.StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors, on rank 0 only
+            full: dict[str, Any] = {"model": dcp.get_model_state_dict(self.model, options=options),
+                                    "optimizer": dcp.get_optimizer_state_dict(self.model, self.optimizer,
+                                                                              options=options),
+                                    "best_state": {k: full_tensors(v) for k, v in self.best_state.items()}}
+            if self.ema is not None:
+                full["ema"] = self.ema.full_state_dict()
+            self._full_states = full
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         states = state.get("rng")
@@ -168,7 +183,29 @@ class StandardSolver(flashy.BaseSolver):
             set_rng_state(self._own(states, "random states"))
         self._loaded_resume = state.get("resume")
         state = {k: v for k, v in state.items() if k in self.stateful.sources}
+        if self.fsdp:
+            state = self._load_sharded(state)
         super().load_state_dict(state)
+
+    def _load_sharded(self, state: dict[str, Any]) -> dict[str, Any]:
+        """FSDP: load the checkpoint's whole model, optimizer, EMA and best state into this rank's shards.
+
+        Returns the rest of `state`. The optimizer state must be an FSDP checkpoint's (keyed by
+        parameter names, `get_optimizer_state_dict`).
+        """
+        from torch.distributed.checkpoint import state_dict as dcp
+        options = dcp.StateDictOptions(full_state_dict=True)
+        state = dict(state)
+        if "model" in state:
+            dcp.set_model_state_dict(self.model, state.pop("model"), options=options)
+        if "optimizer" in state:
+            dcp.set_optimizer_state_dict(self.model, self.optimizer, state.pop("optimizer"), options=options)
+        if "best_state" in state:
+            live = self.model.state_dict()
+            self.best_state.clear()
+            self.best_state.update({name: {k: like(v, live[k]) if k in live else v for k, v in weights.items()}
+                                    for name, weights in state.pop("best_state").items()})
+        return state
 
     def _start_epoch(self) -> None:
         super()._start_epoch()
@@ -282,13 +319,14 @@ class StandardSolver(flashy.BaseSolver):
         if save_checkpoint_:
             self.gather_rank_states()
         if not flashy.distrib.is_rank_zero():
+            self._full_states = None
             return
         if not save_checkpoint_:
             self.xp.link.update_history(self.history)
             return
         self._progress("saving the checkpoint")
         state = self.state_dict()
-        self._rank_states = None
+        self._rank_states = self._full_states = None
         save_checkpoint(state, self.checkpoint_path)
         self.xp.link.update_history(self.history)
         ckpt = self.cfg.checkpoint
@@ -433,7 +471,7 @@ class StandardSolver(flashy.BaseSolver):
             if flashy.distrib.is_rank_zero():
                 self._progress("saving the checkpoint of an interrupted run")
                 save_checkpoint(self.state_dict(), self.checkpoint_path)
-                self._rank_states = None
+                self._rank_states = self._full_states = None
             saved = f"checkpoint saved to {self.checkpoint_path}"  # by rank 0, before the barrier below
         elif self.checkpoint_path.exists():
             saved = f"nothing new since {self.checkpoint_path}"

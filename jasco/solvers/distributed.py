@@ -1,4 +1,4 @@
-"""Data-parallel training on torch.distributed: process group, data shards, DDP, metric averaging.
+"""Data-parallel training on torch.distributed: process group, data shards, DDP or FSDP2 sharding, metric averaging.
 
 Launchers (docs/SCALING.md): `dora run -d` and `torchrun` set `RANK`, `WORLD_SIZE`, `LOCAL_RANK`
 (and `MASTER_ADDR`/`MASTER_PORT`); a SLURM job started by `dora grid`/`dora launch` has none of
@@ -100,6 +100,51 @@ def _collective_device() -> torch.device:
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+# ------------------------------------------------------------------ FSDP
+def _ensure_process_group(device: torch.device) -> None:
+    """FSDP needs a process group even in one process: a private one-rank group then."""
+    if not dist.is_initialized():
+        dist.init_process_group(backend_for(device), store=dist.HashStore(), rank=0, world_size=1)
+        atexit.register(_destroy)
+
+
+def shard(model: torch.nn.Module, blocks: list[torch.nn.Module], device: torch.device,
+          param_dtype: torch.dtype = torch.float32, reduce_dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """Shard `model` in place with FSDP2 (`fully_shard`): each of `blocks`, then the root (docs/SCALING.md).
+
+    Trainable parameters become DTensors sharded over all processes (dim 0); frozen ones (the codec
+    inside the drums conditioner, also used outside the forward) are left whole on every rank.
+    `param_dtype` / `reduce_dtype`: the dtype of the gathered parameters in forward/backward and of
+    the gradient reduce-scatter (the sharded master weights stay float32).
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    _ensure_process_group(device)
+    mesh = init_device_mesh(device.type, (world_size(),))
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    frozen = {p for p in model.parameters() if not p.requires_grad}
+    for block in blocks:
+        fully_shard(block, mesh=mesh, mp_policy=policy, ignored_params={p for p in block.parameters() if p in frozen})
+    fully_shard(model, mesh=mesh, mp_policy=policy, ignored_params=frozen)
+    return model
+
+
+def full_tensors(state: dict[str, Any]) -> dict[str, Any]:
+    """`state` with every DTensor gathered whole, on the CPU (collective: every process calls it)."""
+    from torch.distributed.tensor import DTensor
+    return {k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().cpu() if isinstance(v, torch.Tensor) else v
+            for k, v in state.items()}
+
+
+def like(value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """A whole tensor `value` laid out as `target` (this rank's shard when `target` is a DTensor; no communication)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+    if isinstance(target, DTensor) and not isinstance(value, DTensor):
+        return distribute_tensor(value.to(target.device, target.dtype), target.device_mesh, target.placements,
+                                 src_data_rank=None)
+    return value
 
 
 # ------------------------------------------------------------------ DDP and collectives

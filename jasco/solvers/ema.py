@@ -3,7 +3,9 @@
 Only floating-point parameters that require grad and floating-point buffers are averaged: frozen
 parameters (the codec inside the drums conditioner) never change, so averaging them would only
 double their memory. The EMA keeps the dtype of each tensor and lives on `device` (None: the
-tensor's own device).
+tensor's own device). Under FSDP the averages are sharded like the parameters (DTensors);
+on the parameters' device (`device` is not used for them); `full_state_dict` gathers them whole for
+checkpoints, and `load_state_dict` takes whole tensors.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from jasco.solvers.distributed import full_tensors, like
 
 __all__ = ["ModuleDictEMA"]
 
@@ -48,7 +52,9 @@ class ModuleDictEMA:
         self.count = 0.0
         self.state: dict[str, dict[str, torch.Tensor]] = {}
         for name, module in module_dict.items():
-            self.state[name] = {key: value.detach().to(self.device or value.device, copy=True)
+            # FSDP's sharded parameters (DTensors) keep their averages beside them, whatever `device`.
+            self.state[name] = {key: value.detach().clone() if hasattr(value, "device_mesh")
+                                else value.detach().to(self.device or value.device, copy=True)
                                 for key, value in _tracked(module).items()}
 
     @torch.no_grad()
@@ -68,6 +74,10 @@ class ModuleDictEMA:
     def state_dict(self) -> dict[str, Any]:
         """`{'state': {module_name: {tensor_name: tensor}}, 'count': float}` (tensors not copied)."""
         return {"state": self.state, "count": self.count}
+
+    def full_state_dict(self) -> dict[str, Any]:
+        """`state_dict()` with whole tensors on the CPU (FSDP: gathered; collective, every process calls it)."""
+        return {"state": {name: full_tensors(averages) for name, averages in self.state.items()}, "count": self.count}
 
     @torch.no_grad()
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -91,7 +101,7 @@ class ModuleDictEMA:
                 if value.shape != average.shape:
                     raise ValueError(f"EMA tensor {name}.{key} has shape {tuple(value.shape)} in the "
                                      f"checkpoint but {tuple(average.shape)} in the model")
-                average.copy_(value)
+                average.copy_(like(value, average))  # a whole tensor becomes this rank's shard under FSDP
         self.count = float(state["count"])
 
     @torch.no_grad()

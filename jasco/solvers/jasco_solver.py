@@ -7,8 +7,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -83,9 +83,21 @@ class JascoSolver(StandardSolver):
         self.model = get_flow_matching_model(cfg, self.compression_model).to(self.device)
         if start is not None:
             self.model.load_state_dict(start, strict=True)
-        # What the train stage runs: DDP over the same module when distributed (docs/SCALING.md); `self.model`
-        # (checkpoints, EMA, valid, generate) stays the plain module. Wrapping syncs every rank to rank 0's weights.
-        self.train_model = distributed.wrap(self.model, self.device)
+        fsdp_dtypes = {key: getattr(torch, cfg.fsdp[key]) for key in ("param_dtype", "reduce_dtype")}
+        for key, dtype in fsdp_dtypes.items():
+            if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+                raise ValueError(f"fsdp.{key}={cfg.fsdp[key]!r}: choose float32, bfloat16 or float16")
+        if self.fsdp:
+            # FSDP2 (docs/SCALING.md, "Sharded training (FSDP)"): every transformer block, then the root, sharded
+            # in place; `self.model` is the sharded module (checkpoints gather it whole, `gather_rank_states`).
+            # Every rank built the same weights from the same seed, so each keeps its own shard of them.
+            self.model = distributed.shard(self.model, list(self.model.transformer.layers), self.device,
+                                           **fsdp_dtypes)
+            self.train_model = self.model
+        else:
+            # What the train stage runs: DDP over the same module when distributed (docs/SCALING.md); `self.model`
+            # (checkpoints, EMA, valid, generate) stays the plain module. Wrapping syncs every rank to rank 0's weights.
+            self.train_model = distributed.wrap(self.model, self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         fused = cfg.optim.get("fused", "auto")
         fused = self.device.type == "cuda" if fused == "auto" else bool(fused)
@@ -111,6 +123,22 @@ class JascoSolver(StandardSolver):
             # (dropout layers) gets a stream of its own per rank. Flow-matching noise and condition dropout
             # draw from generators keyed by item and update instead (`batch_loss`).
             torch.manual_seed(distributed.item_seed(cfg.seed, "rank", distributed.rank()))
+
+    @contextmanager
+    def root_unsharded(self) -> Iterator[None]:
+        """FSDP: the root's own parameters gathered whole for the block (evaluate and generate call submodules
+        such as the condition provider outside the root's forward; the blocks still gather in their forwards).
+
+        Collective: every process enters it.
+        """
+        if not self.fsdp:
+            yield
+            return
+        self.model.unshard()
+        try:
+            yield
+        finally:
+            self.model.reshard()
 
     def autocast(self) -> torch.autocast:
         """Mixed precision for the flow network (the codec always runs in fp32)."""
@@ -164,8 +192,26 @@ class JascoSolver(StandardSolver):
                 self.dataloaders[split] = DataLoader(dataset, batch_sampler=sampler, **loader_kwargs)
             else:
                 size = len(dataset) if split != "generate" else min(len(dataset), cfg.dataset.generate.num_samples)
+                if self.fsdp:
+                    self._check_fsdp_shards(split, size, world)
                 self.dataloaders[split] = DataLoader(dataset, batch_size=self.batch_size,
                                                      sampler=distributed.ShardSampler(size, rank, world), **loader_kwargs)
+
+    def _check_fsdp_shards(self, split: str, size: int, world: int) -> None:
+        """FSDP gathers the weights in every forward, a collective: all processes must run as many batches.
+
+        Raises:
+            ValueError: the shards of `split` give the processes different numbers of batches, or
+                `generate.lm.solver` is adaptive (each process would take its own number of steps).
+        """
+        counts = [-(-len(range(r, size, world)) // self.batch_size) for r in range(world)]
+        if len(set(counts)) > 1:
+            raise ValueError(f"fsdp.use=true: the {size} items of datasource.{split} give the {world} processes "
+                             f"{min(counts)} to {max(counts)} batches of {self.batch_size}; every process must run "
+                             f"as many: change dataset.{split}.num_samples or dataset.batch_size")
+        if world > 1 and self.cfg.generate.every and self.cfg.generate.lm.solver != "euler":
+            raise ValueError(f"fsdp.use=true with generate.lm.solver={self.cfg.generate.lm.solver!r}: an adaptive "
+                             f"solver takes a different number of steps on each process; use euler")
 
     # ------------------------------------------------------------------ one step
     def latents_of(self, wav: torch.Tensor, infos: list[JascoInfo]) -> torch.Tensor:
@@ -247,7 +293,9 @@ class JascoSolver(StandardSolver):
         total = 0.0
         for step, (batch, where) in enumerate(zip(batches, positions)):
             last = step == len(batches) - 1
-            with nullcontext() if last or world == 1 else self.train_model.no_sync():
+            if self.fsdp:  # FSDP2: reduce-scatter the gradients in the last micro-batch's backward only
+                self.model.set_requires_gradient_sync(last)
+            with nullcontext() if last or world == 1 or self.fsdp else self.train_model.no_sync():
                 loss = self.batch_loss(batch, where, train=True)
                 weighted = loss * (len(where) * world / global_batch)
                 (weighted if self.scaler is None else self.scaler.scale(weighted)).backward()
@@ -263,7 +311,8 @@ class JascoSolver(StandardSolver):
             self.scaler.unscale_(self.optimizer)
         metrics = {}
         if self.cfg.optim.max_norm:
-            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.max_norm))
+            norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.max_norm)  # FSDP: over all shards
+            metrics["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -340,6 +389,10 @@ class JascoSolver(StandardSolver):
 
     def evaluate(self) -> dict[str, float]:
         """Loss of the best state at fixed times t, unweighted: how well each part of the path is fit."""
+        with self.root_unsharded():
+            return self._evaluate()
+
+    def _evaluate(self) -> dict[str, float]:
         self.model.eval()
         loader = self.dataloaders.get("evaluate") or self.dataloaders["valid"]
         loader.dataset.set_epoch(0)
@@ -369,6 +422,10 @@ class JascoSolver(StandardSolver):
         Each process samples its shard of the set, item `i` from initial noise keyed by `i` (the
         samples do not depend on the number of processes); rank 0 gathers and writes them all.
         """
+        with self.root_unsharded():
+            return self._generate()
+
+    def _generate(self) -> dict[str, float]:
         self.model.eval()
         loader = self.dataloaders.get("generate") or self.dataloaders["valid"]
         loader.dataset.set_epoch(0)
