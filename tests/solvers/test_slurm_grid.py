@@ -198,8 +198,20 @@ def job_state(job_id: str) -> str:
     return result.stdout.strip()
 
 
+def wait_for_requeue(job_id: str, timeout: float = 120) -> None:
+    """Wait until SLURM shows the job requeued (`Restarts` >= 1)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        shown = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=60)
+        if re.search(r"\bRestarts=[1-9]", shown.stdout):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} was not requeued (state {job_state(job_id)!r})")
+
+
 def start_requeued_job_now(job_id: str, timeout: float = 120) -> None:
     """SLURM keeps a requeued job pending ~2 min (until its old credential expires): start it now (root)."""
+    wait_for_requeue(job_id, timeout)
     deadline = time.time() + timeout
     while time.time() < deadline:
         if job_state(job_id) == "PENDING":
@@ -231,9 +243,12 @@ def test_signalled_job_saves_requeues_through_submitit_and_resumes(slurm_cluster
         wait_for(log, r"Train \| Epoch 2 \| 2/12", timeout=600)
         subprocess.run(["scancel", "--signal=USR1", job_id], check=True, timeout=60)
         stopped = wait_for(log, r"SIGUSR1: stopped in epoch 2, after update (\d+) of 12; checkpoint saved", timeout=120)
-        wait_for(log, rf"Requeued job {job_id}", timeout=120)  # submitit's handler, called after the save
+        # submitit's handler requeues after the save. SLURM's requeue may kill the job before
+        # submitit's "Requeued job" line reaches the log, so the requeue is read from SLURM itself.
         if slurm_cluster == LOCAL_CLUSTER:
             start_requeued_job_now(job_id)
+        else:
+            wait_for_requeue(job_id)
         if not wait_for_jobs([job_id], timeout=900):
             subprocess.run(["scancel", job_id], check=False)
             pytest.fail(f"job {job_id} still queued or running after 900 s\n{job_logs(dora_dir)}")
