@@ -75,6 +75,20 @@ def slurm_partitions() -> dict[str, str | None]:
     return dict(team_config().get("partitions") or {})
 
 
+TEAM_JOB_SETTINGS = ("account", "qos", "constraint", "exclude", "setup")
+
+
+def slurm_job_settings() -> dict[str, Any]:
+    """The team's SLURM job settings that are set: `account`, `qos`, `constraint`, `exclude` (str)
+    and `setup` (shell lines run before each job), from the team config's `slurm:` section."""
+    section = team_config().get("slurm") or {}
+    settings = {key: section[key] for key in TEAM_JOB_SETTINGS if section.get(key)}
+    if "setup" in settings and (not isinstance(settings["setup"], list)
+                                or not all(isinstance(line, str) for line in settings["setup"])):
+        raise ValueError(f"team config slurm.setup must be a list of shell lines, got {settings['setup']!r}")
+    return settings
+
+
 def resolve_reference_path(path: str | Path) -> Path:
     """`//reference/x` → `<reference_dir>/x`; other paths are returned as absolute paths."""
     text = str(path)

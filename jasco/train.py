@@ -159,6 +159,11 @@ class JascoMain(HydraMain):
         partition = environment.slurm_partitions().get("global")
         if partition:
             slurm.partition = partition
+        for key, value in environment.slurm_job_settings().items():
+            if key == "setup":  # the team's lines first, then the experiment's own
+                slurm.setup = [*value, *[line for line in slurm.setup if line not in value]]
+            elif not getattr(slurm, key):  # an experiment's own slurm.<key> wins
+                setattr(slurm, key, value)
         return slurm
 
 
