@@ -199,7 +199,9 @@ def main(cfg: DictConfig) -> None:
             raise SystemExit(error.exit_code) from None
         except TrainingInterrupted as stop:  # checkpoint saved and logged: exit as the signal would have
             raise SystemExit(stop.exit_code) from None
-    if flashy.distrib.is_rank_zero():
+    rank_zero = flashy.distrib.is_rank_zero()
+    distributed.shutdown()  # every rank finished: leave the process group together
+    if rank_zero:
         folder = solver.folder
         print(f"\nExperiment folder: {folder}\n  checkpoint: {solver.checkpoint_path}\n"
               f"  samples: {folder / cfg.generate.path}\n  tensorboard: {folder / 'tensorboard'}\n"

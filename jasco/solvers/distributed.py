@@ -85,6 +85,17 @@ def _destroy() -> None:
         dist.destroy_process_group()
 
 
+def shutdown() -> None:
+    """End of a run that every rank reached: wait for all, then leave the process group.
+
+    Tearing gloo down in `atexit` while a peer is still running can abort a process
+    ("terminate called without an active exception"); the barrier lets every rank leave together.
+    """
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def rank() -> int:
     """Rank of this process (0 when not distributed)."""
     return dist.get_rank() if dist.is_initialized() else 0
