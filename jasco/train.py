@@ -5,6 +5,7 @@ import dataclasses
 import logging
 import os
 import re
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -201,6 +202,14 @@ def main(cfg: DictConfig) -> None:
             raise SystemExit(stop.exit_code) from None
     rank_zero = flashy.distrib.is_rank_zero()
     distributed.shutdown()  # every rank finished: leave the process group together
+    if not rank_zero:
+        # Other ranks have nothing left to write. Their interpreter teardown has been seen to abort
+        # in torch's C++ destructors ("terminate called without an active exception", exit -6),
+        # which launchers report as a failed run: end the process here instead.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     if rank_zero:
         folder = solver.folder
         print(f"\nExperiment folder: {folder}\n  checkpoint: {solver.checkpoint_path}\n"
