@@ -9,18 +9,19 @@ second at 32 kHz), `D` latent dim (128), `K` codebooks.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 from torch import nn
 from transformers import EncodecConfig, EncodecModel
 
-from jasco import environment
-from jasco import hub
+from jasco import environment, hub
 
 _HUB_HELP = (
     "On a machine with internet run `huggingface-cli download {repo} --local-dir DIR`, copy DIR "
@@ -175,6 +176,25 @@ def config_from_state_dict(state_dict: dict[str, torch.Tensor], **overrides) -> 
     return config
 
 
+_Method = TypeVar("_Method", bound=Callable)
+
+
+def full_precision(method: _Method) -> _Method:
+    """Run a codec method without gradients and in float32, whatever autocast the caller is in.
+
+    The codes and latents the flow model sees must not depend on the caller's mixed precision:
+    training (inside the solver's autocast), inference and the caches all get the same bits.
+    Autocast is switched off for the device the codec's weights sit on (autocast on another device
+    type does not reach them).
+    """
+    @functools.wraps(method)
+    def wrapper(self: EncodecCompressionModel, *args, **kwargs):
+        device = next(self.model.parameters()).device
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
+            return method(self, *args, **kwargs)
+    return wrapper  # type: ignore[return-value]
+
+
 def _indices(sd: dict[str, torch.Tensor], pattern: str) -> list[int]:
     """Sorted distinct integers captured by `pattern` (one group) over the keys of `sd`."""
     return sorted({int(m.group(1)) for key in sd if (m := re.match(pattern, key))})
@@ -196,9 +216,12 @@ class EncodecCompressionModel(nn.Module):
         if latent_std <= 0:
             raise ValueError(f"latent_std must be > 0, got {latent_std}.")
         self.model = model
+        _keep_conv_geometry_on_host(model)
         # Plain floats, not buffers: the checkpoint must hold exactly EncodecModel's keys.
         self.latent_mean = float(latent_mean)
         self.latent_std = float(latent_std)
+        # (num_samples, num_codebooks) -> (weights_state(), codes [K, T]): see `silence_codes`.
+        self._silence: dict[tuple[int, int], tuple[tuple, torch.Tensor]] = {}
         self.frozen = False
         if frozen:
             self.freeze()
@@ -367,7 +390,7 @@ class EncodecCompressionModel(nn.Module):
         """Normalised latents -> raw latents `x * std + mean`."""
         return latents * self.latent_std + self.latent_mean
 
-    @torch.no_grad()
+    @full_precision
     def encode_latents(self, wav: torch.Tensor) -> torch.Tensor:
         """Raw encoder latents before quantisation: wav `[B, C, N]` -> `[B, T, D]`, `T = ceil(N / hop)`.
 
@@ -379,26 +402,26 @@ class EncodecCompressionModel(nn.Module):
         latents = self.model.encoder(wav.to(device=param.device, dtype=param.dtype))  # [B, D, T]
         return latents.transpose(1, 2)  # [B, T, D]
 
-    @torch.no_grad()
+    @full_precision
     def encode(self, wav: torch.Tensor) -> torch.Tensor:
         """Normalised latents the flow model trains on: wav `[B, C, N]` -> `[B, T, D]`."""
         return self.normalize(self.encode_latents(wav))
 
-    @torch.no_grad()
+    @full_precision
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Raw (un-normalised) latents `[B, T, D]` -> wav `[B, C, T * hop]`."""
         self._check_latents(latents, "latents")
         param = next(self.model.parameters())
         return self.model.decoder(latents.transpose(1, 2).to(device=param.device, dtype=param.dtype))
 
-    @torch.no_grad()
+    @full_precision
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents `[B, T, D]` -> wav `[B, C, T * hop]`."""
         self._check_latents(latents, "latents")
         return self.decode_latents(self.denormalize(latents))
 
     # ---- codes --------------------------------------------------------------------------------
-    @torch.no_grad()
+    @full_precision
     def codes_from_latents(self, latents: torch.Tensor, num_codebooks: int = 1) -> torch.Tensor:
         """Residual-quantise raw latents `[B, T, D]` with the first K codebooks -> codes `[B, K, T]`."""
         self._check_latents(latents, "latents")
@@ -412,27 +435,54 @@ class EncodecCompressionModel(nn.Module):
             codes.append(indices)
         return torch.stack(codes, dim=1)  # [B, K, T]
 
-    @torch.no_grad()
+    @full_precision
     def encode_codes(self, wav: torch.Tensor, num_codebooks: int = 1) -> torch.Tensor:
         """wav `[B, C, N]` -> codes `[B, K, T]` (K=1: the codebook-0 drum codes)."""
         return self.codes_from_latents(self.encode_latents(wav), num_codebooks)
 
-    @torch.no_grad()
-    def dequantize_codebook0(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codebook-0 lookup: codes `[B, T]` -> raw latents `[B, T, D]` (`embed[codes]`)."""
+    @full_precision
+    def silence_codes(self, num_samples: int, num_codebooks: int = 1) -> torch.Tensor:
+        """Codes `[K, T]` of `num_samples` samples of silence, encoded once per length and weights.
+
+        The drums conditioner gives null rows these codes (published: zero audio through the codec).
+        The result is reused while the codec's weights stay the same tensors, unmodified, on the same
+        device (`weights_state`); moving the codec or loading other weights encodes again.
+        """
+        key = (int(num_samples), int(num_codebooks))
+        state = self.weights_state()
+        cached = self._silence.get(key)
+        if cached is None or cached[0] != state:
+            param = next(self.model.parameters())
+            silence = torch.zeros(1, self.channels, key[0], device=param.device)
+            cached = self._silence[key] = (state, self.encode_codes(silence, num_codebooks)[0])
+        return cached[1]
+
+    def weights_state(self) -> tuple:
+        """What identifies the codec's current weights without reading them: each parameter's and
+        buffer's storage, in-place version counter, device and dtype (no host-device sync)."""
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        return tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in tensors)
+
+    @full_precision
+    def dequantize_codebook0(self, codes: torch.Tensor, check: bool = True) -> torch.Tensor:
+        """Codebook-0 lookup: codes `[B, T]` -> raw latents `[B, T, D]` (`embed[codes]`).
+
+        `check=False` skips the range check, for codes already checked or made by this codec.
+        """
         if codes.dim() != 2:
             raise ValueError(f"codes must be [B, T], got shape {tuple(codes.shape)}.")
-        self._check_codes(codes)
+        if check:
+            self.check_codes(codes)
         embed = self.model.quantizer.layers[0].codebook.embed  # [cardinality, D]
         return embed[codes.to(device=embed.device, dtype=torch.long)]
 
-    @torch.no_grad()
+    @full_precision
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes `[B, K, T]` -> wav `[B, C, T * hop]` (sum of the K codewords, then the decoder)."""
         if codes.dim() != 3 or not 1 <= codes.shape[1] <= self.num_codebooks:
             raise ValueError(f"codes must be [B, K, T] with 1 <= K <= {self.num_codebooks}, "
                              f"got shape {tuple(codes.shape)}.")
-        self._check_codes(codes)
+        self.check_codes(codes)
         device = self.model.quantizer.layers[0].codebook.embed.device
         codes = codes.transpose(0, 1).to(device=device, dtype=torch.long)  # [K, B, T], the RVQ layout
         latents = self.model.quantizer.decode(codes)  # [B, D, T]
@@ -450,12 +500,24 @@ class EncodecCompressionModel(nn.Module):
         if latents.dim() != 3 or latents.shape[-1] != self.latent_dim:
             raise ValueError(f"{name} must be [B, T, {self.latent_dim}], got shape {tuple(latents.shape)}.")
 
-    def _check_codes(self, codes: torch.Tensor) -> None:
+    def check_codes(self, codes: torch.Tensor, what: str = "codes") -> None:
+        """Raise ValueError unless `codes` are integers in `[0, cardinality)`.
+
+        CPU tensors are checked at once. On an accelerator the range is checked with
+        `torch._assert_async`, which does not wait for the device (a training step does not stall on
+        it): a failure shows at a later kernel launch, with this message.
+        """
         if codes.is_floating_point() or codes.is_complex():
-            raise ValueError(f"codes must be an integer tensor, got {codes.dtype}.")
-        if codes.numel() and (codes.min() < 0 or codes.max() >= self.cardinality):
-            raise ValueError(f"codes must lie in [0, {self.cardinality}), got range "
-                             f"[{int(codes.min())}, {int(codes.max())}].")
+            raise ValueError(f"{what} must be an integer tensor, got {codes.dtype}.")
+        if not codes.numel():
+            return
+        if codes.device.type != "cpu":
+            inside = (codes.min() >= 0) & (codes.max() < self.cardinality)
+            torch._assert_async(inside, f"{what} must lie in [0, {self.cardinality})")
+            return
+        low, high = int(codes.min()), int(codes.max())
+        if low < 0 or high >= self.cardinality:
+            raise ValueError(f"{what} must lie in [0, {self.cardinality}), got range [{low}, {high}].")
 
 
 def _round_mantissa(x: torch.Tensor, bits: int = 12) -> torch.Tensor:
@@ -500,6 +562,29 @@ def _init_debug_codebooks(model: EncodecModel, seed: int, num_frames: int = 64) 
         codebook.cluster_size.fill_(1.0)
 
 
+CONV_GEOMETRY = ("stride", "kernel_size", "padding_total")
+
+
+def _keep_conv_geometry_on_host(model: EncodecModel) -> None:
+    """Make the conv geometry buffers of transformers' EncodecConv1d plain CPU attributes.
+
+    Each conv computes its padding from these 0-d integer tensors and reads the result on the host;
+    as buffers they would follow the codec to an accelerator and every conv of every encoding would
+    wait for the device. As plain attributes (non-persistent buffers: no checkpoint holds them) they
+    stay on the CPU wherever the codec goes, and DDP/FSDP do not see them.
+    """
+    for module in model.modules():
+        if not all(name in module._buffers for name in CONV_GEOMETRY):
+            continue
+        conv = module.conv  # the values, from the conv itself (the buffers may be on the meta device)
+        kernel = (conv.kernel_size[0] - 1) * conv.dilation[0] + 1  # with dilation, as transformers computes it
+        values = {"stride": conv.stride[0], "kernel_size": kernel, "padding_total": kernel - conv.stride[0]}
+        for name, value in values.items():
+            del module._buffers[name]
+            module._non_persistent_buffers_set.discard(name)
+            object.__setattr__(module, name, torch.tensor(value, dtype=torch.int64))
+
+
 def _drop_conv_geometry(model: EncodecModel, sd: dict[str, torch.Tensor],
                         prefix: str) -> dict[str, torch.Tensor]:
     """Remove conv geometry buffers (stride, kernel_size, padding_total) after checking them.
@@ -511,7 +596,7 @@ def _drop_conv_geometry(model: EncodecModel, sd: dict[str, torch.Tensor],
     out = dict(sd)
     for key in sd:
         owner, _, name = key.rpartition(".")
-        if key in expected or name not in ("stride", "kernel_size", "padding_total"):
+        if key in expected or name not in CONV_GEOMETRY:
             continue
         value = getattr(model.get_submodule(owner), name)
         if not torch.equal(sd[key].to(torch.int64), value.to(torch.int64)):

@@ -5,6 +5,7 @@ Shapes: `B` batch, `T` latent frames, `F` flow dim.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -91,37 +92,192 @@ def combine_terms(v: torch.Tensor, weights: list[float]) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- ODE solvers
-def euler_solve(velocity: VelocityFn, z0: torch.Tensor, steps: int,
+# Every solver integrates dz/dt = v(z, t) from the noise z(0) = z0 [B, T, F] towards the data at t = 1.
+# Fixed-step solvers take a time grid `times [N + 1]` (0 = t_0 < ... < t_N = 1, fp32) and make N steps;
+# adaptive ones (torchdiffeq) take tolerances. `solve` is the one entry point: it keeps the ODE state,
+# `t` and all solver arithmetic in fp32 and counts the function evaluations (NFE).
+DEFAULT_SOLVER = "midpoint"
+DEFAULT_STEPS = 8
+DEFAULT_TIME_GRID = "uniform"
+DEFAULT_SWAY_COEF = -1.0
+DEFAULT_ODE_TOL = 1e-5  # dopri5 atol = rtol, the published default
+SWAY_COEF_RANGE = (-1.0, 1.0 / (math.pi / 2 - 1))  # [low, high): the sway grid stays increasing
+
+
+@dataclass
+class OdeSolution:
+    """The state at the end time `z [B, T, F]` (fp32) and the number of velocity evaluations."""
+
+    z: torch.Tensor
+    nfe: int
+
+
+def uniform_grid(steps: int) -> torch.Tensor:
+    """`[steps + 1]` evenly spaced times from 0 to 1."""
+    return torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64).float()
+
+
+def sway_grid(steps: int, coef: float = DEFAULT_SWAY_COEF) -> torch.Tensor:
+    """`[steps + 1]` times `u + s (cos(π u / 2) - 1 + u)` of the uniform `u`; s < 0 puts more steps near t = 0."""
+    low, high = SWAY_COEF_RANGE
+    if not low <= coef < high:
+        raise ValueError(f"sway_coef must be in [{low:g}, {high:.4f}) for an increasing time grid, got {coef}")
+    u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    t = u + coef * (torch.cos(math.pi / 2 * u) - 1 + u)
+    t[0], t[-1] = 0.0, 1.0  # exact endpoints (cos(π/2) is not exactly 0 in floating point)
+    return t.float()
+
+
+TIME_GRIDS = ("uniform", "sway")
+
+
+def grid_times(kind: str, steps: int, sway_coef: float = DEFAULT_SWAY_COEF) -> torch.Tensor:
+    """The `[steps + 1]` times of a fixed-step solver: `kind` is 'uniform' or 'sway'."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if kind == "uniform":
+        return uniform_grid(steps)
+    if kind == "sway":
+        return sway_grid(steps, sway_coef)
+    raise ValueError(f"Unknown time_grid {kind!r}; choose from {list(TIME_GRIDS)}")
+
+
+def euler_solve(velocity: VelocityFn, z0: torch.Tensor, times: torch.Tensor,
                 callback: ProgressCallback | None = None) -> torch.Tensor:
-    """Fixed-step Euler from t=0 to t=1 in `steps` steps."""
-    if steps < 1:
-        raise ValueError(f"euler steps must be >= 1, got {steps}")
-    z, dt = z0, 1.0 / steps
-    t = torch.zeros(1, device=z0.device, dtype=z0.dtype)
-    for step in range(steps):
-        z = z + dt * velocity(z, t)
-        t = t + dt
+    """Euler, first order, 1 NFE per step: `z ← z + h v(z, t)`."""
+    z, steps = z0, len(times) - 1
+    for i in range(steps):
+        t, h = times[i:i + 1], float(times[i + 1] - times[i])
+        z = z + h * velocity(z, t)
         if callback is not None:
-            callback(step + 1, steps)
+            callback(i + 1, steps)
     return z
 
 
-def dopri5_solve(velocity: VelocityFn, z0: torch.Tensor, atol: float = 1e-5, rtol: float = 1e-5,
-                 t_end: float = 1.0 - SIGMA_MIN, callback: ProgressCallback | None = None) -> torch.Tensor:
-    """Adaptive Dormand-Prince (torchdiffeq) from t=0 to `t_end`."""
+def midpoint_solve(velocity: VelocityFn, z0: torch.Tensor, times: torch.Tensor,
+                   callback: ProgressCallback | None = None) -> torch.Tensor:
+    """Explicit midpoint, second order, 2 NFE per step: `z ← z + h v(z + h/2 v(z, t), t + h/2)`."""
+    z, steps = z0, len(times) - 1
+    for i in range(steps):
+        t, h = times[i:i + 1], float(times[i + 1] - times[i])
+        half = z + (h / 2) * velocity(z, t)
+        z = z + h * velocity(half, t + h / 2)
+        if callback is not None:
+            callback(i + 1, steps)
+    return z
+
+
+def heun_solve(velocity: VelocityFn, z0: torch.Tensor, times: torch.Tensor,
+               callback: ProgressCallback | None = None) -> torch.Tensor:
+    """Heun (explicit trapezoid), second order, 2 NFE per step: Euler predictor, mean of both slopes."""
+    z, steps = z0, len(times) - 1
+    for i in range(steps):
+        t, t_next = times[i:i + 1], times[i + 1:i + 2]
+        h = float(t_next - t)
+        k1 = velocity(z, t)
+        k2 = velocity(z + h * k1, t_next)
+        z = z + (h / 2) * (k1 + k2)
+        if callback is not None:
+            callback(i + 1, steps)
+    return z
+
+
+def rk4_solve(velocity: VelocityFn, z0: torch.Tensor, times: torch.Tensor,
+              callback: ProgressCallback | None = None) -> torch.Tensor:
+    """Classic Runge-Kutta, fourth order, 4 NFE per step."""
+    z, steps = z0, len(times) - 1
+    for i in range(steps):
+        t, h = times[i:i + 1], float(times[i + 1] - times[i])
+        k1 = velocity(z, t)
+        k2 = velocity(z + (h / 2) * k1, t + h / 2)
+        k3 = velocity(z + (h / 2) * k2, t + h / 2)
+        k4 = velocity(z + h * k3, t + h)
+        z = z + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+        if callback is not None:
+            callback(i + 1, steps)
+    return z
+
+
+def _torchdiffeq_solve(method: str, velocity: VelocityFn, z0: torch.Tensor, atol: float = DEFAULT_ODE_TOL,
+                       rtol: float = DEFAULT_ODE_TOL, t_end: float = 1.0 - SIGMA_MIN,
+                       callback: ProgressCallback | None = None) -> torch.Tensor:
+    """An adaptive torchdiffeq method from t=0 to `t_end`; progress in thousandths of `t`."""
     from torchdiffeq import odeint
 
-    evaluations = [0]
-
     def func(t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        evaluations[0] += 1
         if callback is not None:
             # The number of evaluations is not known in advance: report progress in time.
-            callback(int(round(float(t) * 1000)), 1000)
+            callback(round(float(t) * 1000), 1000)
         return velocity(z, t.reshape(1).to(z.dtype))
 
     times = torch.tensor([0.0, t_end], device=z0.device, dtype=z0.dtype)
-    return odeint(func, z0, times, atol=atol, rtol=rtol, method="dopri5")[-1]
+    return odeint(func, z0, times, atol=atol, rtol=rtol, method=method)[-1]
 
 
-ODE_SOLVERS = {"euler": euler_solve, "dopri5": dopri5_solve}
+def dopri5_solve(velocity: VelocityFn, z0: torch.Tensor, atol: float = DEFAULT_ODE_TOL, rtol: float = DEFAULT_ODE_TOL,
+                 t_end: float = 1.0 - SIGMA_MIN, callback: ProgressCallback | None = None) -> torch.Tensor:
+    """Adaptive Dormand-Prince 5(4), 6 NFE per accepted or rejected step (+2 to start)."""
+    return _torchdiffeq_solve("dopri5", velocity, z0, atol, rtol, t_end, callback)
+
+
+def bosh3_solve(velocity: VelocityFn, z0: torch.Tensor, atol: float = DEFAULT_ODE_TOL, rtol: float = DEFAULT_ODE_TOL,
+                t_end: float = 1.0 - SIGMA_MIN, callback: ProgressCallback | None = None) -> torch.Tensor:
+    """Adaptive Bogacki-Shampine 3(2), 3 NFE per step: cheaper than dopri5 at loose tolerances."""
+    return _torchdiffeq_solve("bosh3", velocity, z0, atol, rtol, t_end, callback)
+
+
+FIXED_STEP_SOLVERS: dict[str, Callable[..., torch.Tensor]] = {
+    "euler": euler_solve, "midpoint": midpoint_solve, "heun": heun_solve, "rk4": rk4_solve}
+EVALUATIONS_PER_STEP = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
+ADAPTIVE_SOLVERS: dict[str, Callable[..., torch.Tensor]] = {"dopri5": dopri5_solve, "bosh3": bosh3_solve}
+ODE_SOLVERS: dict[str, Callable[..., torch.Tensor]] = {**FIXED_STEP_SOLVERS, **ADAPTIVE_SOLVERS}
+
+
+def check_solver(solver: str) -> None:
+    """Raise ValueError naming the choices when `solver` is not in `ODE_SOLVERS`."""
+    if solver not in ODE_SOLVERS:
+        raise ValueError(f"Unknown solver {solver!r}; choose from {list(ODE_SOLVERS)}")
+
+
+def network_autocast(solver: str, device_type: str) -> torch.autocast:
+    """The autocast the network runs under with `solver`: the caller's for fixed-step solvers, off for adaptive ones."""
+    return torch.autocast(device_type, dtype=torch.get_autocast_dtype(device_type),
+                          enabled=torch.is_autocast_enabled(device_type) and solver in FIXED_STEP_SOLVERS)
+
+
+def solve(velocity: VelocityFn, z0: torch.Tensor, solver: str = DEFAULT_SOLVER, steps: int = DEFAULT_STEPS,
+          time_grid: str = DEFAULT_TIME_GRID, sway_coef: float = DEFAULT_SWAY_COEF,
+          atol: float = DEFAULT_ODE_TOL, rtol: float = DEFAULT_ODE_TOL,
+          callback: ProgressCallback | None = None) -> OdeSolution:
+    """Integrate `velocity` from `z0 [B, T, F]` with `solver`; the state `[B, T, F]` at t = 1 and the NFE.
+
+    Fixed-step solvers use `steps` steps on `grid_times(time_grid, steps, sway_coef)`; adaptive
+    ones `atol`/`rtol` (each group validates and ignores the other's options).
+
+    Precision: the state, `t` and every solver operation are fp32 with autocast disabled. A
+    fixed-step solver calls `velocity` under the caller's autocast (e.g. bf16), output cast to fp32.
+    An adaptive solver calls it in fp32: bf16 rounding makes the field noisy at ~1e-3 of its size, far
+    above a 1e-5 tolerance, and the error control then shrinks the steps without end (~400 NFE).
+    """
+    check_solver(solver)
+    grid = grid_times(time_grid, steps, sway_coef)  # validated whatever the solver
+    for name, tol in (("ode_atol", atol), ("ode_rtol", rtol)):
+        if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {tol!r}")
+    device_type = z0.device.type
+    network = network_autocast(solver, device_type)  # built before the solver turns autocast off
+    nfe = [0]
+
+    def fp32_velocity(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        nfe[0] += 1
+        with network:
+            v = velocity(z, t)
+        return v.float()
+
+    with torch.autocast(device_type, enabled=False):
+        z0 = z0.float()
+        if solver in FIXED_STEP_SOLVERS:
+            z = FIXED_STEP_SOLVERS[solver](fp32_velocity, z0, grid.to(z0.device), callback)
+        else:
+            z = ADAPTIVE_SOLVERS[solver](fp32_velocity, z0, atol, rtol, callback=callback)
+    return OdeSolution(z, nfe[0])

@@ -145,30 +145,43 @@ class FlowMatchingModel(nn.Module):
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def generate(self, conditions: list[ConditioningAttributes], max_gen_len: int = 500,
-                 cfg_coef_all: float = 3.0, cfg_coef_txt: float = 1.0, solver: str = "euler",
-                 euler_steps: int = 100, ode_atol: float = 1e-5, ode_rtol: float = 1e-5,
-                 initial_noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                 callback: flow.ProgressCallback | None = None) -> torch.Tensor:
-        """Sample normalised latents `[B, T, F]` with multi-source classifier-free guidance.
+                 cfg_coef_all: float = 3.0, cfg_coef_txt: float = 1.0, solver: str = flow.DEFAULT_SOLVER,
+                 steps: int | None = None, time_grid: str = flow.DEFAULT_TIME_GRID,
+                 sway_coef: float = flow.DEFAULT_SWAY_COEF, ode_atol: float = flow.DEFAULT_ODE_TOL,
+                 ode_rtol: float = flow.DEFAULT_ODE_TOL, initial_noise: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None, callback: flow.ProgressCallback | None = None,
+                 euler_steps: int | None = None, return_nfe: bool = False) -> torch.Tensor | tuple[torch.Tensor, int]:
+        """Sample normalised latents `[B, T, F]` (fp32) with multi-source classifier-free guidance.
 
         Args:
             conditions: one ConditioningAttributes per sample.
             max_gen_len: T, frames to generate (ignored when `initial_noise` is given).
             cfg_coef_all, cfg_coef_txt: guidance weights of the ALL and TEXT terms.
-            solver: 'euler' (fixed `euler_steps`) or 'dopri5' (adaptive, `ode_atol`/`ode_rtol`).
+            solver: a name of `flow.ODE_SOLVERS`: fixed-step 'euler', 'midpoint', 'heun', 'rk4'
+                (`steps` steps on the `time_grid` 'uniform' or 'sway' with `sway_coef`), or
+                adaptive 'dopri5', 'bosh3' (`ode_atol`, `ode_rtol`). docs/MODEL.md, "Sampling".
+            steps: steps of a fixed-step solver (default `flow.DEFAULT_STEPS`).
             initial_noise: `z_0 [B, T, F]`, for reproducible results.
             generator: RNG for `z_0` when `initial_noise` is None.
             callback: called as `callback(step, total)`.
+            euler_steps: the published name of `steps`, accepted for compatibility.
+            return_nfe: also return the number of guided velocity evaluations.
+
+        Under autocast the network runs in the autocast dtype; the ODE state, `t` and the solver
+        (adaptive error control included) stay fp32 (`flow.solve`).
         """
-        if solver not in flow.ODE_SOLVERS:
-            raise ValueError(f"Unknown solver {solver!r}; choose from {sorted(flow.ODE_SOLVERS)}")
+        if steps is not None and euler_steps is not None and steps != euler_steps:
+            raise ValueError(f"steps={steps} and euler_steps={euler_steps} disagree; give only steps")
+        steps = steps if steps is not None else euler_steps if euler_steps is not None else flow.DEFAULT_STEPS
+        flow.check_solver(solver)
         device = next(self.parameters()).device
         b = len(conditions)
         terms = flow.guidance_terms(cfg_coef_all, cfg_coef_txt)
         weights = [term.weight for term in terms]
-        # Conditions of every term are computed once per generation.
+        # Conditions of every term are computed once per generation, in the network's precision.
         attributes = [term.apply(attr) for term in terms for attr in conditions]
-        condition_tensors = self.condition_tensors(attributes)
+        with flow.network_autocast(solver, device.type):
+            condition_tensors = self.condition_tensors(attributes)
         if initial_noise is None:
             initial_noise = torch.randn(b, max_gen_len, self.flow_dim, generator=generator,
                                         device=generator.device if generator is not None else device)
@@ -178,11 +191,10 @@ class FlowMatchingModel(nn.Module):
 
         def velocity(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             v = self(z.repeat(len(terms), 1, 1), t, condition_tensors=condition_tensors)
-            return flow.combine_terms(v, weights)
+            return flow.combine_terms(v.float(), weights)
 
-        if solver == "euler":
-            return flow.euler_solve(velocity, z0, euler_steps, callback)
-        return flow.dopri5_solve(velocity, z0, ode_atol, ode_rtol, callback=callback)
+        solution = flow.solve(velocity, z0, solver, steps, time_grid, sway_coef, ode_atol, ode_rtol, callback)
+        return (solution.z, solution.nfe) if return_nfe else solution.z
 
     def extra_repr(self) -> str:
         return f"temporal={self.temporal_dims}"

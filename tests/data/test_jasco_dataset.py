@@ -31,7 +31,7 @@ def _song(root: Path, name: str = "song", duration: float = 3.0) -> torch.Tensor
 
 def _dataset(root: Path, **kwargs) -> JascoDataset:
     metas = build_manifest(root, workers=1, progress=False)
-    base = dict(segment_duration=1.0, sample_rate=SR, num_samples=6, chords_vocabulary="builtin")
+    base = {"segment_duration": 1.0, "sample_rate": SR, "num_samples": 6, "chords_vocabulary": "builtin"}
     base.update(kwargs)
     return JascoDataset(metas, **base)
 
@@ -49,7 +49,7 @@ def test_all_conditions_are_aligned(tmp_path: Path) -> None:
     for i in range(len(ds)):
         wav, info = ds[i]
         assert isinstance(info, JascoInfo) and wav.shape == (1, SR)
-        start = int(round(info.seek_time * SR))
+        start = round(info.seek_time * SR)
         assert start % (SR // 50) == 0  # segments start on a latent frame boundary
         n = info.n_frames
         assert torch.allclose(wav[0, :n], mix[0, start:start + n])
@@ -72,7 +72,7 @@ def test_all_conditions_are_aligned(tmp_path: Path) -> None:
 def test_missing_side_files_give_null_conditions(tmp_path: Path) -> None:
     write_wav(tmp_path / "plain.wav", torch.zeros(1, 2 * SR), SR)
     (tmp_path / "plain.json").write_text(json.dumps({"description": "calm piano"}))
-    wav, info = _dataset(tmp_path)[0]
+    _, info = _dataset(tmp_path)[0]
     assert info.frame_chords is None and info.melody is None and info.drums is None and info.latents is None
     attrs = info.to_condition_attributes()
     assert isinstance(attrs, ConditioningAttributes)
@@ -102,7 +102,7 @@ def test_latents_slice_follows_seek(tmp_path: Path) -> None:
     ds = JascoDataset(load_manifest(manifest), segment_duration=1.0, sample_rate=SR, num_samples=8)
     for i in range(len(ds)):
         _, info = ds[i]
-        first = int(round(info.seek_time * 50))
+        first = round(info.seek_time * 50)
         assert info.latents.shape == (50, 128) and info.latents.dtype == torch.float32
         real = min(50, 100 - first)
         assert info.latents[:real, 0].tolist() == list(range(first, first + real))
@@ -144,3 +144,64 @@ def test_collater_and_drums_resampled(tmp_path: Path) -> None:
         n = expected.shape[-1]
         torch.testing.assert_close(info.drums.wav[:, :n], expected, atol=1e-6, rtol=0)
         assert not info.drums.wav[:, n:].any()
+
+
+class _AudioOpenCounter:
+    """Counts every audio open/decode (soundfile and PyAV), whatever reader in jasco.audio.io calls them."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[str] = []
+        targets = [(sf, "SoundFile"), (sf, "read"), (sf, "info")]
+        try:
+            import av
+            targets.append((av, "open"))
+        except ImportError:
+            pass
+        for module, name in targets:
+            monkeypatch.setattr(module, name, self._counted(getattr(module, name), f"{module.__name__}.{name}"))
+
+    def _counted(self, fn, label: str):
+        def wrapper(*args, **kwargs):
+            self.calls.append(f"{label}({args[0] if args else ''})")
+            return fn(*args, **kwargs)
+        return wrapper
+
+
+def test_cached_items_decode_no_audio_and_match_the_codec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With latents + drum codes cached no audio file is opened, and the cache holds what the codec gives."""
+    from helpers_prepare import copy_clips, settings
+
+    from jasco.models.codec import EncodecCompressionModel
+    from jasco.prepare.runner import prepare
+
+    audio = copy_clips(tmp_path / "audio", names=("clip_00", "clip_01"), seconds=4.0)
+    # 4 s windows without overlap: the window at 0 s is exactly the segment the codec encodes in the loop.
+    prepare(audio, tmp_path / "out", settings(steps=["manifest", "drums", "latents"], latent_window=4.0,
+                                              latent_overlap=0.0))
+    cached_metas = load_manifest(tmp_path / "out" / "train")
+    assert len(cached_metas) == 2
+    plain_metas = load_manifest(tmp_path / "out" / "train")
+    for meta in plain_metas:  # the same tracks with the caches left out: the codec-in-the-loop dataset
+        del meta.extra["latents_path"], meta.extra["drum_codes_path"]
+    kwargs = {"segment_duration": 4.0, "shuffle": False, "sample_rate": 32000, "channels": 1, "train": False}
+    counter = _AudioOpenCounter(monkeypatch)
+    cached = JascoDataset(cached_metas, **kwargs)
+    assert not cached.read_audio
+    cached_wav, cached_infos = cached.collater([cached[i] for i in range(2)])
+    assert counter.calls == []
+    assert cached_wav.shape == (2, 1, 0)
+    plain = JascoDataset(plain_metas, **kwargs)
+    wav, infos = plain.collater([plain[i] for i in range(2)])
+    assert counter.calls, "the codec path must decode audio (else the counter proves nothing)"
+    assert wav.shape == (2, 1, 4 * 32000)
+
+    codec = EncodecCompressionModel.debug()
+    for a, b, mix in zip(cached_infos, infos, wav):
+        # One track at a time, as prepare encodes: in a batch of 2 the codec's float sums differ a little,
+        # enough to flip a near-tie code (2 of 200 here), whichever path feeds it.
+        with torch.no_grad():
+            torch.testing.assert_close(a.latents, codec.encode_latents(mix[None])[0], atol=1e-4, rtol=0)
+            assert torch.equal(a.drums.codes, codec.encode_codes(b.drums.wav[None])[0, 0])
+        assert a.drums.wav is None and b.drums.codes is None and b.latents is None
+        assert a.meta.path == b.meta.path and a.seek_time == b.seek_time and a.description == b.description
+        assert torch.equal(a.frame_chords, b.frame_chords) and torch.equal(a.melody, b.melody)

@@ -7,7 +7,11 @@ import torch
 from jasco.data.attributes import ConditioningAttributes
 from jasco.models import flow
 from jasco.models.flow_matching import FlowMatchingModel
-from jasco.modules.conditioners import ChordsConditioner, ConditionProvider, HashedTextConditioner
+from jasco.modules.conditioners import (
+    ChordsConditioner,
+    ConditionProvider,
+    HashedTextConditioner,
+)
 from jasco.modules.fuser import ConditionFuser
 
 
@@ -70,7 +74,7 @@ def test_generate_reproducible_and_solvers():
     coarse = model.generate(attrs(), solver="euler", euler_steps=5, initial_noise=noise)
     assert (fine - d).abs().max() < 0.02 < (coarse - d).abs().max()
     with pytest.raises(ValueError, match="Unknown solver"):
-        model.generate(attrs(), solver="rk4")
+        model.generate(attrs(), solver="rk7")
 
 
 def test_guidance_terms_drop_zero_weights():

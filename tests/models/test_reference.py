@@ -65,6 +65,8 @@ def model(ref):
         return torch.stack(rows)
 
     drums._encode_codes = lookup_codes
+    # Null rows take the codec's silence codes (encoded once per length): the reference's silence row.
+    drums.compression_model.silence_codes = lambda num_samples, num_codebooks=1: inputs["silence_codes"][None]
     return model
 
 

@@ -40,9 +40,9 @@ def main() -> None:
 
         def recorded(batches: list, positions: list, global_batch: int | None = None) -> dict[str, float]:
             metrics = train_update(batches, positions, global_batch)
-            losses.append(metrics["loss"])  # this process's mean over its items of the update
+            losses.append(float(metrics["loss"]))  # this process's mean over its items of the update
             items.append(sum(len(where) for where in positions))
-            grad_norms.append(metrics["grad_norm"])  # of the averaged gradient: the same on every process
+            grad_norms.append(float(metrics["grad_norm"]))  # of the averaged gradient: the same on every process
             return metrics
 
         solver.train_update = recorded

@@ -22,10 +22,15 @@ class DrumCodec(Protocol):
     sample_rate: int
     frame_rate: float
     latent_dim: int
+    cardinality: int
 
     def encode_codes(self, wav: torch.Tensor, num_codebooks: int = 1) -> torch.Tensor: ...
 
-    def dequantize_codebook0(self, codes: torch.Tensor) -> torch.Tensor: ...
+    def silence_codes(self, num_samples: int, num_codebooks: int = 1) -> torch.Tensor: ...
+
+    def check_codes(self, codes: torch.Tensor, what: str = "codes") -> None: ...
+
+    def dequantize_codebook0(self, codes: torch.Tensor, check: bool = True) -> torch.Tensor: ...
 
 
 def temporal_blur(latents: torch.Tensor, factor: int) -> torch.Tensor:
@@ -74,32 +79,30 @@ class DrumsConditioner(BaseConditioner):
         return int(round(self.segment_duration * self.compression_model.frame_rate))
 
     def tokenize(self, values: list[WavCondition | None]) -> dict[str, Any]:
-        """Collect codes and audio to encode; null rows in a mixed batch become silence."""
+        """Collect cached codes (range-checked here, on CPU) and the audio to encode; null rows are silence."""
         values = [v if v is not None else WavCondition(wav=None, sample_rate=0) for v in values]
         if all(v.is_null for v in values):
             return {"all_null": True, "batch": len(values)}
         sr = self.compression_model.sample_rate
-        wavs: list[torch.Tensor | None] = []
+        wavs: list[torch.Tensor] = []
         for v in values:
-            if v.codes is not None or v.wav is None:
-                wavs.append(None)
-                continue
-            wav = v.wav
-            if wav.dim() != 2:
-                raise ValueError(f"drum wav must be [C, N], got {tuple(wav.shape)} (from {v.path})")
-            wavs.append(convert_audio(wav.float(), v.sample_rate, sr, 1))
-        lengths = [w.shape[-1] for w in wavs if w is not None]
-        # Published behaviour: null rows are zero audio padded to the longest wav, so they are
-        # encoded as silence (all-null batches take the zero-latent shortcut above).
-        length = max(lengths) if lengths else int(self.segment_duration * sr)
-        encode_rows = [v.codes is None for v in values]
-        batch = torch.zeros(len(values), 1, length)
+            if v.codes is not None:
+                where = f" (drum codes of {v.path} at {v.seek_time} s)" if v.path else ""
+                self.compression_model.check_codes(v.codes.cpu(), f"drum codes{where}")
+            elif v.wav is not None:
+                if v.wav.dim() != 2:
+                    raise ValueError(f"drum wav must be [C, N], got {tuple(v.wav.shape)} (from {v.path})")
+                wavs.append(convert_audio(v.wav.float(), v.sample_rate, sr, 1))
+        # Published behaviour: null rows are zero audio padded to the longest wav, encoded as silence
+        # (all-null batches take the zero-latent shortcut above). The silence codes are encoded once
+        # per codec and length (`silence_codes`), not with every batch.
+        length = max(w.shape[-1] for w in wavs) if wavs else int(self.segment_duration * sr)
+        batch = torch.zeros(len(wavs), 1, length)
         for i, w in enumerate(wavs):
-            if w is not None:
-                batch[i, :, : w.shape[-1]] = w
-        codes = [v.codes for v in values]
-        return {"all_null": False, "batch": len(values), "wav": batch.to(self.device),
-                "encode_rows": torch.tensor(encode_rows), "codes": codes}
+            batch[i, :, : w.shape[-1]] = w
+        return {"all_null": False, "batch": len(values), "wav": batch.to(self.device), "length": length,
+                "kinds": ["codes" if v.codes is not None else "wav" if v.wav is not None else "null" for v in values],
+                "codes": [v.codes for v in values]}
 
     def _encode_codes(self, wav: torch.Tensor) -> torch.Tensor:
         """Codebook-0 codes `[B, T]` of drum audio `[B, 1, N]` (separating drums first if asked)."""
@@ -109,15 +112,26 @@ class DrumsConditioner(BaseConditioner):
         return self.compression_model.encode_codes(wav, num_codebooks=1)[:, 0]
 
     def drum_codes(self, tokens: dict[str, Any]) -> torch.Tensor:
-        """Codes `[B, T]` for a tokenized batch that is not all-null."""
-        encode_rows = tokens["encode_rows"]
-        encoded = self._encode_codes(tokens["wav"][encode_rows]) if encode_rows.any() else None
-        length = encoded.shape[-1] if encoded is not None else max(c.shape[-1] for c in tokens["codes"] if c is not None)
+        """Codes `[B, T]` for a tokenized batch that is not all-null.
+
+        Runs in float32 without autocast whatever the caller's (the codec does too): the codes are
+        the same in training, at inference and in the drum-code cache.
+        """
+        kinds = tokens["kinds"]
+        with torch.autocast(self.device.type, enabled=False):
+            encoded = self._encode_codes(tokens["wav"]) if "wav" in kinds else None
+            silence = self.compression_model.silence_codes(tokens["length"])[0] if "null" in kinds else None
+        if encoded is not None or silence is not None:
+            length = (encoded if encoded is not None else silence[None]).shape[-1]
+        else:
+            length = max(c.shape[-1] for c in tokens["codes"])
         rows, k = [], 0
-        for i, c in enumerate(tokens["codes"]):
-            if encode_rows[i]:
+        for kind, c in zip(kinds, tokens["codes"]):
+            if kind == "wav":
                 row = encoded[k]
                 k += 1
+            elif kind == "null":
+                row = silence
             else:
                 row = c.to(self.device).long()
                 if row.shape[-1] < length:  # cached codes shorter than the batch: repeat the edge
@@ -135,7 +149,8 @@ class DrumsConditioner(BaseConditioner):
         else:
             with torch.no_grad():
                 codes = self.drum_codes(tokens)
-                latents = self.compression_model.dequantize_codebook0(codes)  # [B, T, L]
+                # Every row is in range: encoded, silence, or cached codes checked in `tokenize`.
+                latents = self.compression_model.dequantize_codebook0(codes, check=False)  # [B, T, L]
         blurred = temporal_blur(latents.to(self.output_proj.weight.dtype), self.blurring_factor)
         out = self.output_proj(blurred)
         return out, torch.ones(out.shape[:2], dtype=out.dtype, device=out.device)
