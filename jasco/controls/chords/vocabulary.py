@@ -18,7 +18,10 @@ from pathlib import Path
 
 import torch
 
-from jasco.controls.chords.progression import normalize_progression, validate_progression
+from jasco.controls.chords.progression import (
+    normalize_progression,
+    validate_progression,
+)
 from jasco.controls.chords.symbols import (
     BASIC_QUALITIES,
     NO_CHORD,
@@ -30,13 +33,20 @@ from jasco.controls.chords.symbols import (
 )
 
 BUILTIN_VOCABULARY = "builtin"
+# The published models' chord order (the label order of the published chord_to_index_mapping.pkl),
+# shipped as plain JSON inside the package: `vocabularies/published.json`.
+PUBLISHED_VOCABULARY = "published"
+VOCABULARIES_DIR = Path(__file__).resolve().parent / "vocabularies"
 
 
 def vocabulary_file(spec: str | Path) -> Path | None:
-    """The file a vocabulary spec names (`published:PATH` or PATH), None for `builtin`."""
+    """The file a vocabulary spec names: the packaged JSON for `published`, the file of
+    `published:PATH` or PATH, None for `builtin`."""
     text = str(spec)
     if text == BUILTIN_VOCABULARY:
         return None
+    if text == PUBLISHED_VOCABULARY:
+        return VOCABULARIES_DIR / f"{PUBLISHED_VOCABULARY}.json"
     return Path(text.removeprefix("published:")).expanduser()
 
 
@@ -100,7 +110,8 @@ class ChordVocabulary:
 
     @classmethod
     def from_spec(cls, spec: str | Path) -> "ChordVocabulary":
-        """The vocabulary a `chords_vocabulary` value names: `builtin`, `published:PATH` or PATH."""
+        """The vocabulary a `chords_vocabulary` value names: `builtin`, `published` (the published
+        models' order, shipped with jasco), `published:PATH` or PATH (a `.pkl` or `.json` file)."""
         path = vocabulary_file(spec)
         return cls.builtin() if path is None else cls.from_file(path)
 
