@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.jasco-installed
 export DORA_PACKAGE := jasco
 
-.PHONY: install test test-fast train example clean
+.PHONY: install test test-fast train example clean wheel
 
 install: $(STAMP)
 
@@ -31,6 +31,11 @@ example: install
 train: example
 	$(VENV)/bin/dora run solver=jasco/debug $(ARGS)
 
+# The installable wheel (configs copied inside, docs/PACKAGING.md) in dist/; installed, `jasco-dora`
+# replaces `dora` + DORA_PACKAGE (exported above for source users).
+wheel: install
+	$(PY) -m build --wheel --no-isolation --outdir dist
+
 clean:
 	rm -rf outputs .pytest_cache
 
@@ -46,9 +51,10 @@ install-chords: install
 	$(PY) -c "from jasco.controls.chords.recognition import chordino_available as ok; assert ok(), 'Chordino plugin not found'; print('Chordino OK')"
 
 # Debian packages that tests/test_music_corpus.py needs (scripts/make_music_corpus.py renders MIDI
-# with FluidSynth and a GM soundfont). Installs only what is missing, and only as root (CI runs
-# `.ci/run` as root on a clean Debian); otherwise it prints the apt line and those tests skip.
-SYSTEM_PACKAGES := fluidsynth timgm6mb-soundfont
+# with FluidSynth and a GM soundfont) and tests/test_app_browser.py (headless chromium + chromedriver).
+# Installs only what is missing, and only as root (CI runs `.ci/run` as root on a clean Debian);
+# otherwise it prints the apt line and those tests skip.
+SYSTEM_PACKAGES := fluidsynth timgm6mb-soundfont chromium chromium-driver
 .PHONY: system-deps
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null \

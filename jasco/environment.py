@@ -2,7 +2,8 @@
 dataset paths, and the compute device (`resolve_device`).
 
 Environment variables:
-    JASCO_DORA_DIR: experiment root (default: the team config's `dora_dir`, else `<repo>/outputs`).
+    JASCO_DORA_DIR: experiment root (default: the team config's `dora_dir`, else `outputs`, relative
+        to `base_dir()`: the repository in a source checkout, the launch directory when installed).
     JASCO_TEAM: which `config/teams/<team>.yaml` to read (default: `default`).
     JASCO_CLUSTER: which section of the team file (default: `default`).
     JASCO_REFERENCE_DIR: what `//reference/...` paths point to.
@@ -11,6 +12,7 @@ Environment variables:
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from functools import lru_cache
@@ -23,7 +25,13 @@ if TYPE_CHECKING:
     import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO_ROOT / "config"
+# A built wheel carries the configs inside the package (`jasco/config`, copied from the repository's
+# `config/` at build time by setup.py); a source checkout (editable install) reads `<repo>/config`.
+PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "config"
+INSTALLED = PACKAGED_CONFIG_DIR.is_dir()
+CONFIG_DIR = PACKAGED_CONFIG_DIR if INSTALLED else REPO_ROOT / "config"
+# Where the debug recipe's example dataset lives (config/dset/audio/example.yaml), relative to base_dir().
+EXAMPLE_DATASET = "egs/example"
 
 
 @lru_cache(maxsize=None)
@@ -41,9 +49,31 @@ def team_config() -> dict[str, Any]:
     return dict(cfg[cluster])
 
 
+def base_dir() -> Path:
+    """What relative paths (dora_dir, reference_dir, datasets) are relative to.
+
+    A source checkout: the repository. An installed jasco: the directory the command was started
+    from (inside a run, whose working directory is its XP folder, Hydra's original one).
+    """
+    if not INSTALLED:
+        return REPO_ROOT
+    from hydra.core.hydra_config import (
+        HydraConfig,  # light: hydra is imported by every entry point
+    )
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.cwd)
+    return Path.cwd()
+
+
 def _resolve(path: str | Path) -> Path:
     path = Path(os.path.expandvars(str(path))).expanduser()
-    return path if path.is_absolute() else REPO_ROOT / path
+    return path if path.is_absolute() else base_dir() / path
+
+
+def example_dataset_dir() -> Path:
+    """The folder of the synthesised example dataset: `egs/example` under `base_dir()`."""
+    return _resolve(EXAMPLE_DATASET)
 
 
 def dora_dir() -> Path:
@@ -132,6 +162,79 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+AUTOCAST_CHOICES = ("auto", "true", "false")
+AUTOCAST_DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+
+
+def resolve_autocast(autocast: bool | str, dtype: str, device: torch.device) -> torch.dtype | None:
+    """The dtype of the flow network's mixed precision on `device`, or None for float32 (no autocast).
+
+    `autocast`: `auto` turns it on where the device runs the dtype natively (CPU: bfloat16 with the
+    `avx512_bf16` or `amx_bf16` flags; CUDA: bfloat16 where `torch.cuda.is_bf16_supported` says so
+    without emulation, float16 always), `true` always, `false` never. `dtype` (`autocast_dtype`):
+    `auto` is bfloat16 where native, else float16 on CUDA (bfloat16 on CPU); `float32` is the same
+    as `autocast=false`; `float16` on CPU becomes bfloat16 (CPU float16 autocast is slow), with a warning.
+
+    Raises:
+        ValueError: a value outside `AUTOCAST_CHOICES` / `AUTOCAST_DTYPES`.
+    """
+    import torch  # heavy: only when a device is needed
+
+    mode = str(autocast).strip().lower()
+    if mode not in AUTOCAST_CHOICES:
+        raise ValueError(f"autocast={autocast!r}: choose one of {', '.join(AUTOCAST_CHOICES)}")
+    if str(dtype) not in AUTOCAST_DTYPES:
+        raise ValueError(f"autocast_dtype={dtype!r}: choose one of {', '.join(AUTOCAST_DTYPES)}")
+    if mode == "false" or dtype == "float32":
+        return None
+    if device.type == "cuda":
+        native = {torch.float16} | ({torch.bfloat16} if torch.cuda.is_bf16_supported(including_emulation=False)
+                                    else set())
+    else:
+        native = {torch.bfloat16} if _cpu_flags() & {"avx512_bf16", "amx_bf16"} else set()
+    if dtype == "auto":
+        wanted = torch.bfloat16 if torch.bfloat16 in native or device.type != "cuda" else torch.float16
+    else:
+        wanted = getattr(torch, dtype)
+    if wanted == torch.float16 and device.type != "cuda":
+        if mode == "true":
+            logging.getLogger(__name__).warning("autocast_dtype=float16 is slow and unsupported on CPU; "
+                                                "using bfloat16")
+        wanted = torch.bfloat16
+    if mode == "auto" and wanted not in native:
+        return None
+    return wanted
+
+
+def resolve_num_threads(value: int | str | None) -> int | None:
+    """The `num_threads` config key: `auto` is `$OMP_NUM_THREADS` when set (torchrun sets it per
+    process), else the CPUs this process may run on (its affinity mask, e.g. a SLURM allocation);
+    a positive int is itself; null or 0 leaves torch's default (None).
+
+    Raises:
+        ValueError: anything else.
+    """
+    if value is None or value == 0:
+        return None
+    if str(value).strip().lower() == "auto":
+        if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+            return int(os.environ["OMP_NUM_THREADS"])
+        affinity = getattr(os, "sched_getaffinity", None)
+        return len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"num_threads={value!r}: give auto, a positive number of threads, or null")
+    return value
+
+
 def resolve_dataset_path(path: str | Path) -> Path:
-    """A `datasource.*` path: the team's dataset mappers, then `//reference/...`, relative to the repo."""
+    """A `datasource.*` path: the team's dataset mappers, then `//reference/...`, relative to `base_dir()`."""
     return resolve_reference_path(apply_dataset_mappers(str(path)))

@@ -14,6 +14,12 @@ CLI: `jasco-export` / `python -m jasco.export SIG_OR_PATH OUT_DIR`, where SIG_OR
 `checkpoint.th`, an experiment folder, or a Dora signature (`SIG` or `//sig/SIG`, looked up as
 `<dora dir>/xps/SIG/checkpoint.th`; dora dir: `$JASCO_DORA_DIR`, else the team config, else
 `outputs`). The folder loads with `JASCO.get_pretrained(OUT_DIR)` and `jasco-generate --model OUT_DIR`.
+
+A LoRA run (`finetune.lora.use`, docs/FINETUNING.md) exports either merged (the default: its adapters
+folded into the weights, the published layout above, loadable with plain `load_jasco_model`) or, with
+`--adapter`, as an adapter folder in peft's format beside a pointer to its base model
+(`jasco.models.adapters.save_adapter`; the base is the run's `continue_from` unless `--base` says
+otherwise), loaded by `JASCO.get_pretrained(BASE, adapter=OUT_DIR)` / `jasco-generate --adapter OUT_DIR`.
 """
 from __future__ import annotations
 
@@ -29,8 +35,8 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import EncodecConfig
 
 import jasco
-from jasco import environment
-from jasco import files
+from jasco import environment, files
+from jasco.models import adapters
 from jasco.models.builders import get_compression_model
 from jasco.models.codec import (
     PUBLISHED_LATENT_MEAN,
@@ -39,8 +45,18 @@ from jasco.models.codec import (
     codec_source_name,
     is_hub_codec,
 )
-from jasco.models.loaders import CODEC_FILE, CODEC_PREFIX, MODEL_FILE, best_state_of, read_checkpoint
+from jasco.models.loaders import (
+    CODEC_FILE,
+    CODEC_PREFIX,
+    MODEL_FILE,
+    adapted_model,
+    best_state_of,
+    merge_adapted_state,
+    read_checkpoint,
+)
 from jasco.solvers.checkpoint import SIG_PREFIX, resolve_checkpoint, state_bytes
+from jasco.solvers.continuation import PRETRAINED_PREFIX
+from jasco.solvers.finetune import whole_state
 
 logger = logging.getLogger(__name__)
 
@@ -142,17 +158,62 @@ def export_codec_of(cfg: DictConfig, model_state: dict[str, torch.Tensor], out_f
     return export_encodec(codec, out_file)
 
 
-def export_checkpoint(checkpoint_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+def base_model_of(cfg: DictConfig, checkpoint_path: Path) -> str:
+    """The model a run started from (`continue_from`) as a source `load_jasco` reads: a hub repo id, an
+    absolute folder or file path.
+
+    Raises:
+        ValueError: the run has no continue_from.
+    """
+    source = cfg.get("continue_from")
+    if not source:
+        raise ValueError(f"{checkpoint_path}: the run has no continue_from, so its adapters have no base model; "
+                         "pass --base BASE, or export it merged (without --adapter)")
+    source = str(source)
+    source = source.removeprefix(PRETRAINED_PREFIX)
+    if source.startswith(SIG_PREFIX):
+        return str(resolve_checkpoint(source, environment.dora_dir()))
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else source
+
+
+def export_adapter(checkpoint: dict, checkpoint_path: Path, out_dir: Path, base: str | None = None) -> Path:
+    """Write the adapter folder of a LoRA run's best state (`jasco.models.adapters.save_adapter`)."""
+    state = best_state_of(checkpoint, checkpoint_path)
+    cfg = _checkpoint_cfg(checkpoint, checkpoint_path)
+    if not adapters.has_lora(state):
+        raise ValueError(f"{checkpoint_path} was not trained with LoRA adapters (finetune.lora.use=false): "
+                         "export it without --adapter")
+    model = adapted_model(state, cfg, checkpoint_path)
+    raw = checkpoint["xp.cfg"]
+    return adapters.save_adapter(model, out_dir, base or base_model_of(cfg, checkpoint_path),
+                                 raw if isinstance(raw, str) else _yaml(cfg), whole_state(model, cfg),
+                                 jasco.__version__)
+
+
+def export_checkpoint(checkpoint_path: str | os.PathLike, out_dir: str | os.PathLike, adapter: bool = False,
+                      base: str | None = None) -> Path:
     """Export a training `checkpoint.th` to `out_dir/{state_dict.bin, compression_state_dict.bin}`.
+
+    The best state of a LoRA run is merged (published layout; the config written says
+    `finetune.lora.use: false`); with `adapter`, an adapter folder is written instead (`export_adapter`,
+    `base` defaulting to the run's continue_from).
 
     Returns:
         `out_dir`.
     """
     checkpoint_path = Path(checkpoint_path)
     checkpoint = read_checkpoint(checkpoint_path)
+    out_dir = Path(out_dir)
+    if adapter:
+        export_adapter(checkpoint, checkpoint_path, out_dir, base)
+        logger.info("exported the adapters of %s to %s", checkpoint_path, out_dir)
+        return out_dir
     state = best_state_of(checkpoint, checkpoint_path)
     cfg = _checkpoint_cfg(checkpoint, checkpoint_path)
-    out_dir = Path(out_dir)
+    if adapters.has_lora(state):
+        state = merge_adapted_state(state, cfg, checkpoint_path)
+        cfg.finetune.lora.use = False  # the weights written hold no adapters any more
     export_lm(state, cfg, out_dir / MODEL_FILE)
     export_codec_of(cfg, state, out_dir / CODEC_FILE)
     logger.info("exported %s to %s", checkpoint_path, out_dir)
@@ -165,12 +226,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("source", metavar="SIG_OR_PATH", help="checkpoint.th, experiment folder or Dora signature")
     parser.add_argument("out_dir", metavar="OUT_DIR",
                         help="folder to write state_dict.bin and compression_state_dict.bin")
+    parser.add_argument("--adapter", action="store_true",
+                        help="LoRA runs: write the adapters in peft's format (adapter_config.json, "
+                             "adapter_model.safetensors) and a pointer to the base model instead of merged weights")
+    parser.add_argument("--base", default=None,
+                        help="with --adapter: the base model the pointer names (default: the run's continue_from)")
     parser.add_argument("--dora-dir", default=None,
                         help="Dora folder for signatures (default $JASCO_DORA_DIR, else the team config)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     checkpoint = find_checkpoint(args.source, args.dora_dir)
-    out = export_checkpoint(checkpoint, args.out_dir)
+    if args.base is not None and not args.adapter:
+        parser.error("--base only goes with --adapter")
+    out = export_checkpoint(checkpoint, args.out_dir, adapter=args.adapter, base=args.base)
     print(f"exported {checkpoint} -> {out}")
     return 0
 

@@ -28,7 +28,16 @@ from jasco.audio.io import SOUNDFILE_EXTENSIONS, AudioReadError, audio_read, aud
 from jasco.controls.chords.progression import read_chord_file
 from jasco.controls.chords.vocabulary import ChordVocabulary
 from jasco.controls.melody.salience import read_salience, salience_segment
-from jasco.models.arguments import MAX_CFG_COEF, MAX_DURATION, MAX_SEED, InvalidInputError, int_problem, real_problem
+from jasco.models import flow
+from jasco.models.adapters import AdapterError
+from jasco.models.arguments import (
+    MAX_CFG_COEF,
+    MAX_DURATION,
+    MAX_SEED,
+    InvalidInputError,
+    int_problem,
+    real_problem,
+)
 from jasco.models.jasco import JASCO
 from jasco.models.loaders import ChordVocabularyError, ModelLoadError
 
@@ -37,7 +46,8 @@ DEFAULT_MODEL = "facebook/jasco-chords-drums-400M"
 PROG = "jasco-generate"
 USAGE_ERROR = 2  # exit status of a user error
 # generate_music / set_generation_params argument -> the option that sets it.
-OPTION_OF = {"cfg_coef_all": "--cfg-all", "cfg_coef_txt": "--cfg-text", "euler_steps": "--steps",
+OPTION_OF = {"cfg_coef_all": "--cfg-all", "cfg_coef_txt": "--cfg-text", "euler_steps": "--steps", "steps": "--steps",
+             "solver": "--solver", "time_grid": "--time-grid", "sway_coef": "--sway-coef",
              "duration": "--duration", "overlap": "--overlap", "seed": "--seed", "descriptions": "--text",
              "chords": "--chords", "drums_wav": "--drums", "drums_sample_rate": "--drums",
              "melody_salience_matrix": "--melody"}
@@ -51,7 +61,7 @@ def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse whose errors are one line on stderr (no usage block), exit status 2."""
 
     def error(self, message: str) -> NoReturn:
@@ -100,7 +110,7 @@ def _is_number(text: str) -> bool:
     return re.fullmatch(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", text) is not None
 
 
-def _parse_change(token: str, where: str) -> tuple[float, str]:
+def parse_change(token: str, where: str) -> tuple[float, str]:
     """`LABEL@START`, `START LABEL` or `LABEL START` → `(start_s, label)`."""
     if "@" in token:
         label, _, start = token.rpartition("@")
@@ -128,18 +138,20 @@ def parse_chords(text: str) -> list[tuple[float, str]]:
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             line = re.split(r"(?:^|\s)#", line, maxsplit=1)[0].strip()  # `#` inside F#m7 is no comment
             if line:
-                changes.append(_parse_change(line, f"chord file {path}, line {n}"))
+                changes.append(parse_change(line, f"chord file {path}, line {n}"))
         return changes
-    return [_parse_change(token, "--chords") for token in text.split()]
+    return [parse_change(token, "--chords") for token in text.split()]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface (its errors: one line on stderr, exit status 2)."""
-    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
+    parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0],
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="hub repo id or exported folder (default %(default)s)")
     parser.add_argument("--text", default="", help="text description")
     parser.add_argument("--chords", help='"C@0 D@2 F@4" or a chord file (.json [[start, label], ...] or text lines)')
+    parser.add_argument("--adapter", default=None,
+                        help="LoRA adapter folder (jasco-export --adapter) applied to --model, its base model")
     parser.add_argument("--chords-mapping", help="chord vocabulary file (published: chord_to_index_mapping.pkl)")
     parser.add_argument("--drums", help="drum audio file (any rate/channels; cropped or padded to --duration)")
     parser.add_argument("--melody", help="melody salience .npz/.npy [53, frames] "
@@ -151,9 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "windows; default 10)")
     parser.add_argument("--overlap", type=_number(0), default=2.0,
                         help="seconds shared by consecutive windows, in [0, training segment) (default 2)")
-    parser.add_argument("--solver", choices=["euler", "dopri5"], default=None,
-                        help="ODE solver (default: euler when --steps is given, else dopri5)")
-    parser.add_argument("--steps", type=_integer(1), default=None, help="Euler steps, >= 1 (default 100)")
+    parser.add_argument("--solver", choices=list(flow.ODE_SOLVERS), default=flow.DEFAULT_SOLVER,
+                        help="ODE solver: fixed steps euler, midpoint, heun, rk4; adaptive dopri5 (the published "
+                             "default), bosh3 (default %(default)s)")
+    parser.add_argument("--steps", type=_integer(1), default=None,
+                        help=f"steps of a fixed-step solver, >= 1 (default {flow.DEFAULT_STEPS})")
+    parser.add_argument("--time-grid", choices=list(flow.TIME_GRIDS), default=flow.DEFAULT_TIME_GRID,
+                        help="times of the fixed steps (default %(default)s; docs/MODEL.md, Sampling)")
+    parser.add_argument("--sway-coef", type=_number(*flow.SWAY_COEF_RANGE, high_open=True),
+                        default=flow.DEFAULT_SWAY_COEF,
+                        help=f"s of the sway grid, in [-1, {flow.SWAY_COEF_RANGE[1]:.2f}) (default %(default)s)")
     parser.add_argument("--cfg-all", type=_number(0, MAX_CFG_COEF), default=5.0,
                         help=f"guidance weight of all conditions, in [0, {MAX_CFG_COEF:g}] (default 5.0)")
     parser.add_argument("--cfg-text", type=_number(0, MAX_CFG_COEF), default=0.0,
@@ -166,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _device(text: str | None) -> str | None:
+def check_device(text: str | None) -> str | None:
+    """`--device` checked: None (automatic), or a torch device this machine has; else UsageError."""
     if text is None:
         return None
     try:
@@ -179,10 +199,9 @@ def _device(text: str | None) -> str | None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    solver = args.solver or ("euler" if args.steps is not None else "dopri5")
-    if solver == "dopri5" and args.steps is not None:
-        logger.warning("--steps is ignored by the adaptive dopri5 solver.")
-    device = _device(args.device)
+    if args.solver in flow.ADAPTIVE_SOLVERS and args.steps is not None:
+        logger.warning("--steps is ignored by the adaptive %s solver.", args.solver)
+    device = check_device(args.device)
     out = Path(args.out).expanduser()
     if out.suffix and out.suffix.lower() not in SOUNDFILE_EXTENSIONS:
         raise UsageError(f"--out {out}: cannot write {out.suffix} files; use one of "
@@ -208,11 +227,14 @@ def _run(args: argparse.Namespace) -> int:
             raise UsageError(f"--melody {args.melody}: the salience has {int((~torch.isfinite(salience)).sum())} NaN "
                              "or infinite values; extract it again (jasco.controls.melody.extraction).")
     with _option("--chords-mapping", ChordVocabularyError), _option(
-            f"--model {args.model}", ModelLoadError, FileNotFoundError, RuntimeError):
-        model = JASCO.get_pretrained(args.model, device=device, chords_mapping_path=args.chords_mapping)
+            f"--model {args.model}", ModelLoadError, FileNotFoundError, RuntimeError), _option(
+            f"--adapter {args.adapter}", AdapterError):
+        model = JASCO.get_pretrained(args.model, device=device, chords_mapping_path=args.chords_mapping,
+                                     adapter=args.adapter)
     try:
-        model.set_generation_params(cfg_coef_all=args.cfg_all, cfg_coef_txt=args.cfg_text, euler=solver == "euler",
-                                    euler_steps=args.steps if args.steps is not None else 100,
+        model.set_generation_params(cfg_coef_all=args.cfg_all, cfg_coef_txt=args.cfg_text, solver=args.solver,
+                                    steps=args.steps if args.steps is not None else flow.DEFAULT_STEPS,
+                                    time_grid=args.time_grid, sway_coef=args.sway_coef,
                                     duration=args.duration, overlap=args.overlap)
         melody = None
         if salience is not None:

@@ -1,4 +1,5 @@
-"""Dora entry point: `dora run solver=jasco/debug`, `dora grid <grid>` (DORA_PACKAGE=jasco)."""
+"""Dora entry point: `dora run solver=jasco/debug`, `dora grid <grid>` (DORA_PACKAGE=jasco), or
+`jasco-dora run ...` / `jasco-dora grid ...`, which needs no DORA_PACKAGE."""
 from __future__ import annotations
 
 import dataclasses
@@ -25,12 +26,25 @@ from jasco.solvers import distributed
 logger = logging.getLogger(__name__)
 
 
+def ensure_example_data(cfg: DictConfig) -> None:
+    """Build the synthesised example dataset on first use, when a `datasource.*` path lies in its
+    folder (`environment.example_dataset_dir()`, what `dset=audio/example` names) and it is missing."""
+    example = environment.example_dataset_dir()
+    if any(path and environment.resolve_dataset_path(path).is_relative_to(example)
+           for path in cfg.datasource.values()):
+        from jasco.data.example_dataset import ensure_example_dataset, is_complete
+        if not is_complete(example):
+            logger.info("Building the example dataset in %s (first use)", example)
+        ensure_example_dataset(example)
+
+
 def get_solver(cfg: DictConfig) -> "flashy.BaseSolver":
     """The solver named by `cfg.solver` (a small registry)."""
     from jasco.solvers.jasco_solver import JascoSolver
     solvers = {"jasco": JascoSolver}
     if cfg.solver not in solvers:
         raise ValueError(f"solver={cfg.solver!r} is unknown; known: {sorted(solvers)}")
+    ensure_example_data(cfg)
     return solvers[cfg.solver](cfg)
 
 
@@ -60,8 +74,9 @@ def init_seed_and_system(cfg: DictConfig) -> None:
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    threads = environment.resolve_num_threads(cfg.num_threads)  # auto: the CPUs this process may use
+    if threads:
+        torch.set_num_threads(threads)
     start_method = cfg.mp_start_method  # checked even without workers: a typo shows on the first run
     if start_method and start_method not in torch.multiprocessing.get_all_start_methods():
         raise ValueError(f"mp_start_method={start_method!r}: choose one of "
@@ -175,7 +190,7 @@ def jasco_main(config_path: str, config_name: str, **kwargs: Any) -> Callable[[C
     return decorator
 
 
-@jasco_main(config_path="../config", config_name="config", version_base="1.1")
+@jasco_main(config_path=str(environment.CONFIG_DIR), config_name="config", version_base="1.1")
 def main(cfg: DictConfig) -> None:
     """Train (or `show`, or `execute_only` one stage) the experiment described by `cfg`."""
     device = environment.resolve_device(cfg.device)  # a bad or missing device fails before anything starts
@@ -242,6 +257,14 @@ def experiment(dora_dir: str | Path, overrides: list[str]) -> Iterator[Any]:
             os.environ.pop("JASCO_DORA_DIR", None)
         else:
             os.environ["JASCO_DORA_DIR"] = saved_env
+
+
+def dora_cli() -> None:
+    """`jasco-dora`: Dora's command line with the package set to jasco (`jasco-dora run solver=jasco/debug`,
+    `jasco-dora grid debug`), so that an installed jasco runs from any folder without DORA_PACKAGE."""
+    os.environ.setdefault("DORA_PACKAGE", "jasco")  # inherited by the processes Dora starts (-d, SLURM)
+    from dora.__main__ import main as dora_main
+    dora_main()
 
 
 if __name__ == "__main__":

@@ -2,14 +2,15 @@
 
 Layers, bottom to top (a module may import its own layer and the ones below):
 
-    foundation < audio < controls < data < modules < models < solvers < prepare < entry points
+    foundation < audio < controls < data < metrics < modules < models < solvers < prepare < entry points
 
 The foundation is four top-level modules that import nothing else of jasco's but each other:
 `environment` (paths, team, device), `files` (atomic writes), `hub` (Hugging Face access) and
 `safe_load` (reading torch files safely).
 
-Entry points are the top-level modules (`jasco.train`, `jasco.generate`, `jasco.export`) and
-`jasco.grids`. Imports under `if TYPE_CHECKING:` count too: a type is a dependency.
+Entry points are the top-level modules (`jasco.train`, `jasco.generate`, `jasco.export`),
+`jasco.app` (the web page) and `jasco.grids`. Imports under `if TYPE_CHECKING:` count too: a type
+is a dependency.
 
 Usage: `python scripts/check_imports.py` (exit status 1 and one line per problem when it fails).
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "jasco"
 FOUNDATION = ("environment", "files", "hub", "safe_load")
-LAYERS = ("foundation", "audio", "controls", "data", "modules", "models", "solvers", "prepare")
+LAYERS = ("foundation", "audio", "controls", "data", "metrics", "modules", "models", "solvers", "prepare")
 ENTRY_POINT_RANK = len(LAYERS)
 
 

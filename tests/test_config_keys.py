@@ -30,7 +30,6 @@ from jasco.environment import CONFIG_DIR, resolve_device
 from jasco.models.builders import get_flow_matching_model, get_jasco_model
 from jasco.models.codec import EncodecCompressionModel
 from jasco.models.loaders import model_config
-from jasco.solvers.base import NOT_SUPPORTED_YET, check_not_supported
 from jasco.solvers.continuation import initial_state_from
 from jasco.solvers.schedulers import build_lr_scheduler
 
@@ -237,8 +236,6 @@ def read_keys(configs, codec, tmp_path_factory) -> set[str]:
         if "transformer_lm" in cfg:
             with tracker.recording(cfg), torch.device("meta"):
                 get_flow_matching_model(cfg, codec)
-        with tracker.recording(cfg):
-            check_not_supported(cfg)
     read_by_the_schedules(tracker, configs["jasco/debug"])
     return tracker.read
 
@@ -336,23 +333,3 @@ def test_device_errors_name_the_value():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match=r"^device=cuda but no GPU is visible"):
             resolve_device("cuda")
-
-
-# ---------------------------------------------------------------- features not supported yet
-@pytest.mark.parametrize(("override", "key"), [
-    ("logging.log_wandb=true", "logging.log_wandb"),
-    ("+evaluate.metrics.fad=true", "evaluate.metrics"),
-])
-def test_unsupported_feature_stops_the_solver_at_start(override, key, tmp_path):
-    assert key in NOT_SUPPORTED_YET
-    from jasco.train import get_solver
-    message = rf"^{re.escape(key)}=.*is not supported yet; leave {re.escape(key)}="
-    with experiment(tmp_path, ["solver=jasco/debug", override]) as xp, \
-            pytest.raises(NotImplementedError, match=message) as info:
-        get_solver(xp.cfg)
-    assert "\n" not in str(info.value)
-
-
-def test_unsupported_features_are_off_in_every_solver_config(configs):
-    for cfg in configs.values():
-        check_not_supported(cfg)

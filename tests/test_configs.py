@@ -28,7 +28,8 @@ def test_solver_config_builds(solver):
         model = get_flow_matching_model(cfg, codec)
     names = set(model.condition_provider.conditioners)
     expected = {"base": set(), "chords": {"chords"}, "drums": {"self_wav"}, "chords_drums": {"chords", "self_wav"},
-                "chords_drums_melody": {"chords", "self_wav", "melody"}, "debug": {"chords", "self_wav", "melody"}}
+                "chords_drums_melody": {"chords", "self_wav", "melody"}, "debug": {"chords", "self_wav", "melody"},
+                "finetune": {"chords", "self_wav"}}
     assert names == {"description"} | expected[solver]
     assert set(model.temporal_dims) == expected[solver]
 

@@ -99,7 +99,7 @@ def test_generate_reports_chords_outside_the_segment(folder, tmp_path, capsys):
     ("--seed", "-3", "argument --seed: must be an integer in [0, 18446744073709551615], got '-3'"),
     ("--seed", "x", "argument --seed: must be an integer in [0, 18446744073709551615], got 'x'"),
     ("--melody-frame-rate", "0", "argument --melody-frame-rate: must be a finite number > 0, got '0'"),
-    ("--solver", "rk4", "argument --solver: invalid choice: 'rk4'"),
+    ("--solver", "rk7", "argument --solver: invalid choice: 'rk7'"),
 ])
 def test_bad_option_values_are_one_line_errors(option, value, fragment, capsys):
     # Checked while parsing: the model is never loaded.

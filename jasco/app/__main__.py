@@ -16,14 +16,20 @@ from collections.abc import Sequence
 from jasco.app.inputs import AppInputError
 from jasco.app.layout import GRADIO_MISSING, build_app, launch
 from jasco.app.session import Session, model_choices
-from jasco.generate import DEFAULT_MODEL, USAGE_ERROR, UsageError, _device, _Parser
+from jasco.generate import (
+    DEFAULT_MODEL,
+    USAGE_ERROR,
+    OneLineParser,
+    UsageError,
+    check_device,
+)
 
 PROG = "jasco-app"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line (errors: one line on stderr, exit status 2)."""
-    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", action="append", default=None,
                         help=f"model shown first (exported folder, experiment folder or hub id; default {DEFAULT_MODEL})"
                              "; repeat to list more in the picker")
@@ -48,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return USAGE_ERROR
     given = args.model or [DEFAULT_MODEL]
     try:
-        device = _device(args.device)
+        device = check_device(args.device)
     except UsageError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return USAGE_ERROR

@@ -18,7 +18,7 @@ from jasco.controls.chords.progression import normalize_progression
 from jasco.controls.chords.symbols import UNKNOWN_CHORD, is_no_chord, parse_chord
 from jasco.controls.chords.vocabulary import ChordVocabulary
 from jasco.controls.melody.salience import MELODY_FRAME_RATE, read_salience
-from jasco.generate import _parse_change
+from jasco.generate import parse_change
 
 SALIENCE_EXTENSIONS = frozenset({".npz", ".npy"})
 
@@ -60,7 +60,7 @@ def parse_chord_text(text: str) -> list[tuple[float, str]]:
     Unlike `--chords`, text here is never read as a file path: a web page must not open server files.
     """
     try:
-        return normalize_progression([_parse_change(token, "chords") for token in text.split()])
+        return normalize_progression([parse_change(token, "chords") for token in text.split()])
     except ValueError as err:
         raise AppInputError(one_line(err).replace("Chord progression", "chords")) from err
 

@@ -33,8 +33,8 @@ from jasco.app.inputs import (
 from jasco.audio.io import audio_write
 from jasco.controls.melody.salience import salience_segment
 from jasco.controls.plotting import plot_controls
-from jasco.models.adapters import AdapterError
 from jasco.models import flow
+from jasco.models.adapters import AdapterError
 from jasco.models.arguments import InvalidInputError
 from jasco.models.jasco import JASCO
 from jasco.models.loaders import MODEL_FILE, ChordVocabularyError, ModelLoadError
@@ -252,23 +252,9 @@ _FIELD_OF = {"cfg_coef_all": "CFG (all)", "cfg_coef_txt": "CFG (text)", "steps":
 
 def _generate_reporting(model: JASCO, report: Report | None, descriptions: list[str | None],
                         **kwargs: object) -> torch.Tensor:
-    """`model.generate_music(...)` with its sampler's steps sent to `report(fraction, text)`.
-
-    The flow model's `generate` takes a `callback(step, total)`; `generate_music` only draws a tqdm
-    bar with it, so the call is wrapped for the duration of this generation (the caller holds the
-    model's lock).
-    """
+    """`model.generate_music(...)` with its sampler's progress sent to `report(fraction, text)`."""
     if report is None:
         return model.generate_music(descriptions, **kwargs)
-    flow = model.model
-    original = flow.generate
-
-    def generate(*args: object, callback: object = None, **kw: object) -> torch.Tensor:
-        return original(*args, callback=lambda step, total: report(step / max(total, 1), "generating"), **kw)
-
-    flow.generate = generate
-    try:
-        report(0.0, "generating")
-        return model.generate_music(descriptions, **kwargs)
-    finally:
-        del flow.generate
+    report(0.0, "generating")
+    return model.generate_music(descriptions, progress=lambda step, total: report(step / max(total, 1), "generating"),
+                                **kwargs)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-METRICS_EXTRA = "pip install 'jasco[metrics]'"
+METRICS_EXTRA = "pip install mir_eval"
 
 
 class MetricUnavailable(Exception):
@@ -35,5 +35,5 @@ def require_module(metric: str, module: str, fix: str) -> ModuleType:
 
 
 def require_mir_eval(metric: str) -> ModuleType:
-    """`mir_eval` (the `jasco[metrics]` extra), or `MetricUnavailable`."""
+    """`mir_eval` (a jasco dependency; missing only from a partial install), or `MetricUnavailable`."""
     return require_module(metric, "mir_eval", METRICS_EXTRA)

@@ -44,7 +44,7 @@ def onset_f1(wav: Waveform, sample_rate: int, reference_wav: Waveform,
         [0, 1] (NaN when the reference has no onsets; see module docstring).
 
     Raises:
-        MetricUnavailable: mir_eval (`jasco[metrics]`) is missing.
+        MetricUnavailable: mir_eval is missing.
     """
     mir_eval = require_mir_eval("onsets")
     envelope = onset_envelope(wav, sample_rate)

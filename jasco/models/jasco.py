@@ -1,6 +1,6 @@
 """`JASCO`: text-to-music generation with chords, drums and melody controls, for people.
 
-    model = JASCO.get_pretrained("facebook/jasco-chords-drums-400M", chords_mapping_path="chord_to_index_mapping.pkl")
+    model = JASCO.get_pretrained("facebook/jasco-chords-drums-400M")  # the published chord order, built in
     model.set_generation_params(cfg_coef_all=1.25, cfg_coef_txt=2.5, euler=True, euler_steps=10)
     wav = model.generate_music(["80s pop"], chords=[("C", 0.0), ("G", 2.0)], seed=0)  # [1, 1, N]
 
@@ -31,6 +31,7 @@ from jasco.controls.chords.progression import normalize_progression
 from jasco.controls.chords.vocabulary import ChordVocabulary, frame_chords
 from jasco.controls.melody.salience import N_MELODY_BINS, one_hot_frames
 from jasco.data.attributes import ConditioningAttributes, WavCondition
+from jasco.models import flow
 from jasco.models.arguments import (
     MAX_CFG_COEF,
     MAX_DURATION,
@@ -42,16 +43,23 @@ from jasco.models.arguments import (
 )
 from jasco.models.codec import EncodecCompressionModel
 from jasco.models.flow_matching import FlowMatchingModel
-from jasco.models.loaders import ChordVocabularyError, load_chord_vocabulary, load_jasco
+from jasco.models.loaders import (
+    ChordVocabularyError,
+    UnknownChordVocabularyError,
+    load_chord_vocabulary,
+    load_jasco,
+    load_jasco_with_adapter,
+)
 
 # Control name as users know it -> conditioner name in the model, and -> the generate_music argument.
 CONTROLS = {"chords": "chords", "drums": "self_wav", "melody": "melody"}
 CONTROL_ARGUMENTS = {"chords": "chords", "drums": "drums_wav", "melody": "melody_salience_matrix"}
 Progression = Sequence[tuple[Any, Any]]
+PUBLISHED_EULER_STEPS = 100  # the published API's `euler_steps` default, used with `euler=True`
 
 
 class _TqdmCallback:
-    """Progress callback `(step, total)` drawing one tqdm bar (dopri5 reports time in 1/1000)."""
+    """Progress callback `(step, total)` drawing one tqdm bar (adaptive solvers report time in 1/1000)."""
 
     def __init__(self, total: int, unit: str) -> None:
         self.bar = tqdm(total=total, desc="generating", unit=unit)
@@ -99,9 +107,10 @@ class JASCO:
         model: the flow model (eval mode).
         compression_model: the codec decoding its latents.
         chords_vocabulary: label -> index map of the chords control (default: the one the model's
-            config records, `chords_vocabulary`). One given here must equal the recorded one (same
-            labels in the same order), else ChordVocabularyError; for models that record none (the published
-            ones) it is used as given.
+            config records, `chords_vocabulary`; `published` for the published models, told by a hub
+            name `facebook/jasco-*` or their xp.cfg). One given here must equal a recorded one (same
+            labels in the same order), else ChordVocabularyError; otherwise it is used as given. A
+            model whose vocabulary cannot be determined loads, but refuses chords (InvalidInputError).
         segment_duration: training segment length in seconds (default: the model's config, else 10).
     """
 
@@ -114,57 +123,97 @@ class JASCO:
         self.segment_duration = float(segment_duration or (cfg.get("dataset") or {}).get("segment_duration") or 10.0)
         conditioners = model.condition_provider.conditioners
         self.controls = [c for c, name in CONTROLS.items() if name in conditioners]
+        self.chords_vocabulary: ChordVocabulary | None = None
+        self._unknown_vocabulary: UnknownChordVocabularyError | None = None  # raised when chords are given
         if "chords" in self.controls:
-            vocab = load_chord_vocabulary(cfg, chords_vocabulary)
-            if vocab.card != conditioners["chords"].card:
-                raise ChordVocabularyError(f"the chord vocabulary has {vocab.card} labels but model {name} was trained "
-                                           f"with {conditioners['chords'].card}: pass the mapping it was trained with.")
-            self.chords_vocabulary: ChordVocabulary | None = vocab
-        else:
-            self.chords_vocabulary = None
+            try:
+                vocab = load_chord_vocabulary(cfg, chords_vocabulary, source=name)
+            except UnknownChordVocabularyError as err:
+                self._unknown_vocabulary = err
+            else:
+                if vocab.card != conditioners["chords"].card:
+                    raise ChordVocabularyError(f"the chord vocabulary has {vocab.card} labels but model {name} was "
+                                               f"trained with {conditioners['chords'].card}: pass the mapping it was "
+                                               "trained with.")
+                self.chords_vocabulary = vocab
         self.set_generation_params()
 
     # ------------------------------------------------------------------ construction
     @staticmethod
     def get_pretrained(name_or_dir: str | os.PathLike, device: str | torch.device | None = None,
                        chords_mapping_path: str | os.PathLike | None = None,
-                       cache_dir: str | os.PathLike | None = None) -> JASCO:
+                       cache_dir: str | os.PathLike | None = None, adapter: str | os.PathLike | None = None) -> JASCO:
         """Load a hub repo id or an exported folder (device default: cuda when available, else cpu).
+
+        `adapter`: a LoRA adapter folder (`jasco-export --adapter`) applied to `name_or_dir`, its
+        base model (None: the base the adapter names); its adapters are merged into the weights.
 
         `chords_mapping_path`: the chord vocabulary file. A model trained with this repository
         records its vocabulary and needs none; one given anyway must equal the recorded one, else
-        `ChordVocabularyError`. Published models record none and need `chord_to_index_mapping.pkl`.
+        `ChordVocabularyError`. The published models use the `published` vocabulary shipped with
+        jasco; a file given here overrides it (docs/CHORDS.md).
         """
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        loaded = load_jasco(name_or_dir, device=device, cache_dir=cache_dir)
+        loaded = (load_jasco(name_or_dir, device=device, cache_dir=cache_dir) if adapter is None else
+                  load_jasco_with_adapter(name_or_dir, adapter, device=device, cache_dir=cache_dir))
         vocab = None
-        if "chords" in loaded.model.condition_provider.conditioners:
-            vocab = load_chord_vocabulary(loaded.cfg, chords_mapping_path)
+        if "chords" in loaded.model.condition_provider.conditioners and chords_mapping_path is not None:
+            vocab = load_chord_vocabulary(loaded.cfg, chords_mapping_path, source=str(name_or_dir))  # checked here
         return JASCO(str(name_or_dir), loaded.model, loaded.compression_model, vocab)
 
-    def set_generation_params(self, cfg_coef_all: float = 5.0, cfg_coef_txt: float = 0.0, euler: bool = False,
-                              euler_steps: int = 100, ode_rtol: float = 1e-5, ode_atol: float = 1e-5,
-                              duration: float = 10.0, overlap: float = 2.0) -> None:
-        """Set the sampling parameters of later calls (defaults: the published API's).
+    def set_generation_params(self, cfg_coef_all: float = 5.0, cfg_coef_txt: float = 0.0, euler: bool | None = None,
+                              euler_steps: int | None = None, ode_rtol: float = flow.DEFAULT_ODE_TOL,
+                              ode_atol: float = flow.DEFAULT_ODE_TOL, duration: float = 10.0, overlap: float = 2.0,
+                              solver: str | None = None, steps: int | None = None,
+                              time_grid: str = flow.DEFAULT_TIME_GRID,
+                              sway_coef: float = flow.DEFAULT_SWAY_COEF) -> None:
+        """Set the sampling parameters of later calls.
+
+        The default sampler is `flow.DEFAULT_SOLVER` with `flow.DEFAULT_STEPS` steps (docs/PERFORMANCE.md,
+        "Sampling"); the published arguments `euler`/`euler_steps` keep their meaning.
 
         Args:
             cfg_coef_all: guidance weight of all conditions, in `[0, MAX_CFG_COEF]` (100).
             cfg_coef_txt: guidance weight of the text alone, in `[0, MAX_CFG_COEF]`.
-            euler: fixed-step Euler (`euler_steps` steps) instead of the adaptive dopri5.
-            euler_steps: an integer >= 1 (checked even when dopri5 is used).
-            ode_rtol, ode_atol: dopri5 tolerances, finite and > 0.
+            euler: published switch: True = fixed-step Euler (`euler_steps`, default 100), False =
+                adaptive dopri5. Give `euler` or `solver`, not both.
+            euler_steps: the published name of `steps`, an integer >= 1.
+            ode_rtol, ode_atol: tolerances of the adaptive solvers, finite and > 0.
             duration: seconds to generate, finite, in `(0, MAX_DURATION]` (an hour).
             overlap: seconds shared by consecutive windows of a long generation, in
                 `[0, segment_duration)`; capped at half a window.
+            solver: a name of `flow.ODE_SOLVERS` (euler, midpoint, heun, rk4, dopri5, bosh3).
+            steps: steps of a fixed-step solver, an integer >= 1.
+            time_grid: 'uniform' or 'sway' (docs/MODEL.md, "Sampling").
+            sway_coef: `s` of the sway grid, in `[-1, 1.75)`.
 
         Raises:
             InvalidInputError: an argument is out of range (nothing is changed then).
         """
+        if euler is not None and solver is not None:
+            raise InvalidInputError("solver", f"give solver={solver!r} or the published euler={euler!r}, not both")
+        if euler is not None and not isinstance(euler, bool):
+            raise InvalidInputError("euler", f"euler must be True or False, got {euler!r}")
+        if solver is None:
+            solver = flow.DEFAULT_SOLVER if euler is None else "euler" if euler else "dopri5"
+        if solver not in flow.ODE_SOLVERS:
+            raise InvalidInputError("solver", f"solver must be one of {', '.join(flow.ODE_SOLVERS)}, got {solver!r}")
+        if euler_steps is not None:
+            euler_steps = check_int("euler_steps", euler_steps, 1)
+        if steps is not None:
+            steps = check_int("steps", steps, 1)
+            if euler_steps is not None and euler_steps != steps:
+                raise InvalidInputError("steps", f"steps={steps} and euler_steps={euler_steps} disagree; give steps")
+        if steps is None:
+            steps = euler_steps if euler_steps is not None else PUBLISHED_EULER_STEPS if euler else flow.DEFAULT_STEPS
+        if time_grid not in flow.TIME_GRIDS:
+            raise InvalidInputError("time_grid", f"time_grid must be one of {', '.join(flow.TIME_GRIDS)}, "
+                                                 f"got {time_grid!r}")
         params = {"cfg_coef_all": check_real("cfg_coef_all", cfg_coef_all, 0.0, MAX_CFG_COEF),
                   "cfg_coef_txt": check_real("cfg_coef_txt", cfg_coef_txt, 0.0, MAX_CFG_COEF),
-                  "solver": "euler" if euler else "dopri5",
-                  "euler_steps": check_int("euler_steps", euler_steps, 1),
+                  "solver": solver, "steps": steps, "time_grid": time_grid,
+                  "sway_coef": check_real("sway_coef", sway_coef, *flow.SWAY_COEF_RANGE, high_open=True),
                   "ode_rtol": check_real("ode_rtol", ode_rtol, 0.0, low_open=True),
                   "ode_atol": check_real("ode_atol", ode_atol, 0.0, low_open=True)}
         duration = self._check_duration(duration)
@@ -201,8 +250,9 @@ class JASCO:
     def generate_music(self, descriptions: Sequence[str | None] | str,
                        chords: Progression | Sequence[Progression | None] | None = None,
                        drums_wav: torch.Tensor | None = None, drums_sample_rate: int = 32000,
-                       melody_salience_matrix: torch.Tensor | None = None, progress: bool = False,
-                       return_latents: bool = False, duration: float | None = None, seed: int | None = None
+                       melody_salience_matrix: torch.Tensor | None = None,
+                       progress: bool | flow.ProgressCallback = False, return_latents: bool = False,
+                       duration: float | None = None, seed: int | None = None
                        ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Generate music for text descriptions under optional chords, drums and melody controls.
 
@@ -220,7 +270,8 @@ class JASCO:
                 a finite non-negative real-valued salience is one-hot encoded by argmax per frame
                 (all-zero frames stay unvoiced), with a warning. Zero-padded (unvoiced) or cropped
                 to the duration.
-            progress: show a progress bar.
+            progress: True: show a progress bar; or a callable `(step, total)` told the sampler's
+                progress (fixed-step solvers: steps; adaptive ones: time in thousandths).
             return_latents: also return the normalised latents.
             duration: seconds to generate, in `(0, MAX_DURATION]` (default: `set_generation_params`);
                 longer than the training segment → overlapping windows.
@@ -255,16 +306,15 @@ class JASCO:
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         noise = torch.randn(batch, total, self.model.flow_dim, generator=gen)  # one draw for the whole duration
         windows_noise = torch.stack([noise[i, s:s + window] for i in range(batch) for s in starts])  # [B*k, W, F]
-        callback = None
-        if progress:
-            euler = self.generation_params["solver"] == "euler"
-            callback = _TqdmCallback(self.generation_params["euler_steps"] if euler else 1000,
-                                     "step" if euler else "‰ of t")
+        callback = progress if callable(progress) else None
+        if progress is True:
+            fixed = self.generation_params["solver"] in flow.FIXED_STEP_SOLVERS
+            callback = _TqdmCallback(self.generation_params["steps"] if fixed else 1000, "step" if fixed else "‰ of t")
         try:
             out = self.model.generate(conditions, max_gen_len=window, initial_noise=windows_noise.to(self.device),
                                       callback=callback, **self.generation_params)  # [B*k, W, F]
         finally:
-            if callback is not None:
+            if isinstance(callback, _TqdmCallback):
                 callback.close()
         latents = self._merge_windows(out.reshape(batch, len(starts), window, -1), starts, total)  # [B, T, F]
         audio = self.compression_model.decode(latents)[..., : round(duration * self.sample_rate)]  # [B, 1, N]
@@ -316,6 +366,8 @@ class JASCO:
                 out.append(None)
                 continue
             self._require("chords")
+            if self._unknown_vocabulary is not None:  # never guess the chord order
+                raise InvalidInputError("chords", str(self._unknown_vocabulary)) from self._unknown_vocabulary
             for j, row in enumerate(progression):
                 if not isinstance(row, (list, tuple)) or len(row) != 2:
                     raise InvalidInputError("chords", f"chords of sample {i}: row {j} is {row!r}; expected "

@@ -6,6 +6,10 @@ A source (`src`) is one of:
 - a local directory holding those files (what `jasco-export` writes);
 - a file: an exported `state_dict.bin` (or a training `checkpoint.th`), or a codec file.
 
+A training checkpoint of a LoRA run has its adapters folded into the weights when it is loaded
+(`merge_adapted_state`); `load_jasco_with_adapter` applies an adapter folder (`jasco-export
+--adapter`) to its base model.
+
 Files are read with `torch.load(weights_only=True)` only: nothing arbitrary is unpickled.
 File formats: docs/MODEL.md, "Checkpoints", and docs/INFERENCE.md.
 """
@@ -14,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import warnings
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,11 +28,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import EncodecConfig
 
-from jasco import environment
-from jasco import safe_load
-from jasco import hub
+from jasco import environment, hub, safe_load
 from jasco.controls.chords.symbols import chord_identity
-from jasco.controls.chords.vocabulary import ChordVocabulary, vocabulary_file
+from jasco.controls.chords.vocabulary import (
+    PUBLISHED_VOCABULARY,
+    ChordVocabulary,
+    vocabulary_file,
+)
+from jasco.models import adapters
 from jasco.models.builders import (
     CLASSIFIER_FREE_GUIDANCE_KEYS,
     CONDITIONER_REGISTRY,
@@ -209,7 +215,46 @@ def load_lm_state(src: str | os.PathLike, cache_dir: str | os.PathLike | None = 
     """
     path = resolve_file(src, MODEL_FILE, cache_dir)
     package = read_checkpoint(path)
-    return best_state_of(package, path), _cfg_from_package(package, path), path
+    state, cfg = best_state_of(package, path), _cfg_from_package(package, path)
+    if adapters.has_lora(state):
+        state = merge_adapted_state(state, cfg, path)
+    return state, cfg, path
+
+
+def _embedded_codec(state: dict[str, torch.Tensor], cfg: DictConfig | dict) -> EncodecCompressionModel | None:
+    """The codec whose weights a drums model's state_dict embeds (None when it embeds none)."""
+    if not any(k.startswith(CODEC_PREFIX) for k in state):
+        return None
+    return EncodecCompressionModel.from_state_dict(state, prefix=CODEC_PREFIX, **_latent_norm(cfg))
+
+
+def adapted_model(state: dict[str, torch.Tensor], cfg: DictConfig | dict, source: str | os.PathLike,
+                  compression_model: EncodecCompressionModel | None = None) -> FlowMatchingModel:
+    """The network of a LoRA run (`finetune.lora` of `cfg`), adapters added, `state` loaded strictly.
+
+    Raises:
+        ModelLoadError: `cfg` has no `finetune.lora` with `use: true`, or the weights do not fit.
+    """
+    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    lora = OmegaConf.select(cfg, "finetune.lora")
+    if lora is None or not lora.get("use"):
+        raise ModelLoadError(f"{source} holds LoRA adapters but its xp.cfg has no finetune.lora.use=true: "
+                             "it cannot be rebuilt (was the config edited?)")
+    codec = compression_model or _embedded_codec(state, cfg) or get_compression_model(cfg)
+    model = get_flow_matching_model(model_config(cfg), codec)
+    adapters.add_lora(model, adapters.lora_config(model, adapters.LoraSettings.from_config(lora)))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ModelLoadError(f"the weights in {source} do not fit the LoRA model built from its xp.cfg: {err}") from err
+    return model
+
+
+def merge_adapted_state(state: dict[str, torch.Tensor], cfg: DictConfig | dict,
+                        source: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A LoRA run's state_dict with its adapters folded in (peft's merge): the published layout."""
+    model = adapters.merge_lora(adapted_model(state, cfg, source))
+    return {k: v.detach() for k, v in model.state_dict().items()}
 
 
 # ---------------------------------------------------------------- codec
@@ -383,6 +428,57 @@ def load_jasco(src: str | os.PathLike, device: str | torch.device = "cpu", cache
     return LoadedJasco(model=model, compression_model=codec, cfg=cfg, source=path)
 
 
+def load_jasco_with_adapter(base: str | os.PathLike | None, adapter: str | os.PathLike,
+                            device: str | torch.device = "cpu", cache_dir: str | os.PathLike | None = None,
+                            merge: bool = True) -> LoadedJasco:
+    """A base model with an adapter folder (`jasco-export --adapter`) applied.
+
+    The network is built from the adapter's own config (it may have a new control or chord
+    vocabulary); the base weights load strictly, except the weights the adapter carries whole
+    (`jasco_trained.safetensors`), which replace or complete them; then the LoRA adapters are
+    added and loaded (all of them), and with `merge` folded into the weights.
+
+    Args:
+        base: the base model (hub repo id, export folder, file); None: the one the adapter names.
+        adapter: the adapter folder.
+        device, cache_dir: as for `load_jasco`.
+        merge: fold the adapters in (faster generation); False keeps peft's layers.
+
+    Raises:
+        adapters.AdapterError: the folder is incomplete or its adapters do not fit.
+        ModelLoadError: the base weights do not fit the adapter's network.
+    """
+    folder = adapters.read_adapter(adapter)
+    base = folder.base_model if base is None else base
+    if str(base) != folder.base_model:
+        logger.warning("adapter %s was trained on %s; applying it to %s as asked", folder.path,
+                       folder.base_model, base)
+    state, base_cfg, path = load_lm_state(base, cache_dir)
+    cfg = _cfg_from_package({"xp.cfg": folder.cfg_yaml}, folder.path / adapters.POINTER_FILE)
+    codec = _codec_for(state, base_cfg, base, path, cache_dir)
+    model = get_flow_matching_model(model_config(cfg), codec)
+    expected = set(model.state_dict())
+    state = {**_match_state_keys(state, expected), **folder.trained}
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"the base model {base} does not fit adapter {folder.path}: {len(missing)} weights missing "
+            f"(e.g. {missing[:4]}), {len(unexpected)} unexpected (e.g. {unexpected[:4]}); was it trained on "
+            f"another base ({folder.base_model})?")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ModelLoadError(f"the base model {base} does not fit adapter {folder.path}: {err}") from err
+    adapters.add_lora(model, folder.config)
+    adapters.load_lora_state(model, folder.lora, folder.path / adapters.ADAPTER_WEIGHTS_FILE)
+    if merge:
+        adapters.merge_lora(model)
+    model.eval().to(device)
+    codec.to(device).eval()
+    model.cfg = cfg
+    return LoadedJasco(model=model, compression_model=codec, cfg=cfg, source=folder.path)
+
+
 def load_jasco_model(src: str | os.PathLike, device: str | torch.device = "cpu",
                      cache_dir: str | os.PathLike | None = None,
                      compression_model: EncodecCompressionModel | None = None) -> FlowMatchingModel:
@@ -395,19 +491,50 @@ class ChordVocabularyError(ValueError):
     """A chord vocabulary that does not fit the model: other labels or order than it was trained with."""
 
 
+class UnknownChordVocabularyError(ChordVocabularyError):
+    """The chord vocabulary a model was trained with cannot be determined: its chords are refused."""
+
+
+# Hub repos of the published JASCO models: their chords use the `published` vocabulary.
+PUBLISHED_REPO_PREFIX = "facebook/jasco-"
+# A key of the published (audiocraft) training config that jasco's configs never have: a checkpoint
+# whose xp.cfg holds it was written by the published code, which indexed chords in the published order.
+PUBLISHED_CONFIG_MARKER = "lm_model"
+
+
+def recorded_chord_vocabulary(cfg: DictConfig | dict | None, source: str | os.PathLike | None = None) -> str | None:
+    """The `chords_vocabulary` spec a checkpoint was trained with, None when it cannot be told.
+
+    A jasco checkpoint records it in its xp.cfg (`chords_vocabulary`). The published ones record
+    none: a hub id `facebook/jasco-*`, or an xp.cfg written by the published code (it has the
+    published config's `lm_model` key, e.g. a downloaded or exported copy), means `published`.
+    """
+    cfg = cfg or {}
+    name = cfg.get("chords_vocabulary")
+    if name is not None:
+        return str(name)
+    if str(source or "").startswith(PUBLISHED_REPO_PREFIX) or PUBLISHED_CONFIG_MARKER in cfg:
+        return PUBLISHED_VOCABULARY
+    return None
+
+
 def load_chord_vocabulary(cfg: DictConfig | dict | None = None,
-                          chords_mapping_path: str | os.PathLike | ChordVocabulary | None = None) -> ChordVocabulary:
+                          chords_mapping_path: str | os.PathLike | ChordVocabulary | None = None,
+                          source: str | os.PathLike | None = None) -> ChordVocabulary:
     """The chord vocabulary a model was trained with.
 
-    The model's own vocabulary wins: the config's `chords_vocabulary` (`builtin`, `published:PATH`
-    or `PATH`) is used. An explicit `chords_mapping_path` (a file, or a ChordVocabulary) is only
-    checked against it: one with another size or order raises ChordVocabularyError naming both.
-    When the config records none (published checkpoints) or its file is not available here, the
-    explicit one is used; without one, the builtin vocabulary, with a warning (published models
-    need the published `chord_to_index_mapping.pkl`).
+    Which one (`recorded_chord_vocabulary`): the xp.cfg's `chords_vocabulary` (`builtin`,
+    `published`, `published:PATH` or `PATH`); else `published` for the published models (hub id
+    `facebook/jasco-*` in `source`, or a published xp.cfg). An explicit `chords_mapping_path` (a
+    file, or a ChordVocabulary) is checked against a vocabulary the xp.cfg records (one with another
+    size or order raises ChordVocabularyError naming both); it overrides the implied `published` one,
+    and is the only way to use a model whose vocabulary cannot be determined or whose recorded file
+    is not available here.
 
     Raises:
         ChordVocabularyError: the explicit vocabulary differs from the recorded one.
+        UnknownChordVocabularyError: no explicit vocabulary, and the model's cannot be determined
+            or its recorded file is missing.
         FileNotFoundError, ValueError: the explicit file is missing or not a vocabulary.
     """
     explicit, given = None, ""
@@ -416,31 +543,36 @@ def load_chord_vocabulary(cfg: DictConfig | dict | None = None,
     elif chords_mapping_path is not None:
         explicit, given = ChordVocabulary.from_file(chords_mapping_path), f"chords_mapping_path={chords_mapping_path}"
     name = (cfg or {}).get("chords_vocabulary")
-    if isinstance(name, str):
-        path = vocabulary_file(name)
-        if path is None or path.is_file():
-            recorded = ChordVocabulary.from_spec(name)
-            if explicit is not None:
-                mismatch = None
-                if explicit.card != recorded.card:
-                    mismatch = f"{explicit.card} labels vs {recorded.card}"
-                else:
-                    for i, (ours, theirs) in enumerate(zip(explicit.labels, recorded.labels)):
-                        if ours != theirs and chord_identity(ours) != chord_identity(theirs):
-                            mismatch = f"index {i} is {ours!r} in the given one but {theirs!r} in the model's"
-                            break
-                if mismatch is not None:
-                    raise ChordVocabularyError(
-                        f"{given} ({explicit.card} labels) is not the chord vocabulary the model was trained with, "
-                        f"chords_vocabulary={name!r} recorded in its xp.cfg ({recorded.card} labels): {mismatch}. "
-                        "Drop chords_mapping_path= (--chords-mapping): the model's own vocabulary is used.")
-            return recorded
-        if explicit is None:
-            warnings.warn(f"the model was trained with the chord vocabulary {name!r}, which is not available here; "
-                          "using the builtin one. Pass chords_mapping_path= (--chords-mapping) to that file.",
-                          stacklevel=2)
-    elif explicit is None:
-        warnings.warn("no chord mapping given: using the builtin vocabulary. Published JASCO models were trained "
-                      "with chord_to_index_mapping.pkl, which orders chords differently: pass "
-                      "chords_mapping_path= (--chords-mapping) to it, or the chords will be wrong.", stacklevel=2)
-    return explicit if explicit is not None else ChordVocabulary.builtin()
+    if name is None:  # nothing recorded: the published models' order, or unknown
+        implied = recorded_chord_vocabulary(cfg, source)
+        if explicit is not None:
+            return explicit
+        if implied is not None:
+            return ChordVocabulary.from_spec(implied)
+        raise UnknownChordVocabularyError(
+            f"cannot tell which chord vocabulary {source or 'the model'} was trained with: its xp.cfg records no "
+            "chords_vocabulary and it is not a published model; pass chords_mapping_path= (--chords-mapping) "
+            "to the vocabulary file it was trained with (docs/CHORDS.md)")
+    path = vocabulary_file(name)
+    if path is not None and not path.is_file():
+        if explicit is not None:
+            return explicit
+        raise UnknownChordVocabularyError(
+            f"{source or 'the model'} was trained with the chord vocabulary chords_vocabulary={name!r} (its xp.cfg), "
+            f"and {path} does not exist here: pass chords_mapping_path= (--chords-mapping) to a copy of that file")
+    recorded = ChordVocabulary.from_spec(name)
+    if explicit is not None:
+        mismatch = None
+        if explicit.card != recorded.card:
+            mismatch = f"{explicit.card} labels vs {recorded.card}"
+        else:
+            for i, (ours, theirs) in enumerate(zip(explicit.labels, recorded.labels)):
+                if ours != theirs and chord_identity(ours) != chord_identity(theirs):
+                    mismatch = f"index {i} is {ours!r} in the given one but {theirs!r} in the model's"
+                    break
+        if mismatch is not None:
+            raise ChordVocabularyError(
+                f"{given} ({explicit.card} labels) is not the chord vocabulary the model was trained with, "
+                f"chords_vocabulary={name!r} recorded in its xp.cfg ({recorded.card} labels): {mismatch}. "
+                "Drop chords_mapping_path= (--chords-mapping): the model's own vocabulary is used.")
+    return recorded

@@ -24,32 +24,26 @@ from jasco.solvers.checkpoint import (
     remove_stale_temp_files,
     save_checkpoint,
 )
-from jasco.solvers.distributed import full_tensors, gather_to_rank_zero, like, local_device
+from jasco.solvers.distributed import (
+    full_tensors,
+    gather_to_rank_zero,
+    like,
+    local_device,
+)
 from jasco.solvers.ema import ModuleDictEMA
-from jasco.solvers.interrupts import StopRequested, StopSignals, TrainingInterrupted, signal_name, stop_priority
+from jasco.solvers.interrupts import (
+    StopRequested,
+    StopSignals,
+    TrainingInterrupted,
+    signal_name,
+    stop_priority,
+)
 from jasco.solvers.resume import Averager, rng_state, set_rng_state
 from jasco.solvers.run_lock import experiment_lock
+from jasco.solvers.wandb_logger import WandbLogger
 from jasco.solvers.watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
-
-# Keys of features that are not built yet (each has its own open issue): the value that leaves the
-# feature off, which is what happens today, and the feature's name. Any other value stops the run.
-NOT_SUPPORTED_YET: dict[str, tuple[Any, str]] = {
-    "logging.log_wandb": (False, "Weights & Biases logging"),
-    "evaluate.metrics": ({}, "evaluation metrics (FAD, KLD, text consistency, chroma)"),
-}
-
-
-def check_not_supported(cfg: DictConfig) -> None:
-    """Refuse a config that turns on a feature of `NOT_SUPPORTED_YET` (one line naming the key)."""
-    for key, (off, feature) in NOT_SUPPORTED_YET.items():
-        value = OmegaConf.select(cfg, key)
-        if OmegaConf.is_config(value):
-            value = OmegaConf.to_container(value, resolve=True)
-        if value is not None and value != off:
-            raise NotImplementedError(f"{key}={value!r}: {feature} is not supported yet; leave {key}={off!r}")
-
 
 class StandardSolver(flashy.BaseSolver):
     """Epoch loop over stages `train`, `valid`, `evaluate`, `generate` with resumable checkpoints.
@@ -69,7 +63,6 @@ class StandardSolver(flashy.BaseSolver):
 
     def __init__(self, cfg: DictConfig):
         super().__init__()
-        check_not_supported(cfg)
         if cfg.deadlock.timeout is None or cfg.deadlock.timeout <= 0:  # checked even when off: typos show at once
             raise ValueError(f"deadlock.timeout={cfg.deadlock.timeout!r}: give a positive number of seconds")
         self.cfg = cfg
@@ -83,6 +76,7 @@ class StandardSolver(flashy.BaseSolver):
         self.dataloaders: dict[str, Any] = {}
         self.updates = 0  # optimizer updates so far, all epochs
         self._tensorboard: Any = None
+        self._wandb: WandbLogger | None = None  # logging.log_wandb, rank 0
         self._stage_epoch: int | None = None  # set by execute_only: the epoch of the checkpoint it runs from
         self._stop: StopSignals | None = None  # set while `run` trains
         self._watchdog: Watchdog | None = None  # set while `run` trains with deadlock.use
@@ -103,6 +97,14 @@ class StandardSolver(flashy.BaseSolver):
         if cfg.logging.log_tensorboard and flashy.distrib.is_rank_zero():
             self.init_tensorboard(**cfg.tensorboard)
             self._tensorboard = self.result_logger._experiment_loggers.get("tensorboard")
+        wandb_settings = {key: cfg.wandb[key] for key in ("project", "name", "group")}
+        if cfg.logging.log_wandb and flashy.distrib.is_rank_zero():
+            sig = self.xp.sig
+            self._wandb = WandbLogger(self.folder, project=wandb_settings["project"],
+                                      name=wandb_settings["name"] or sig, group=wandb_settings["group"], run_id=sig,
+                                      config=OmegaConf.to_container(cfg, resolve=True))
+            # flashy sends its per-stage summaries to every logger of its result logger.
+            self.result_logger._experiment_loggers["wandb"] = self._wandb
 
     # ------------------------------------------------------------------ to implement
     def build_model(self) -> None:
@@ -372,11 +374,21 @@ class StandardSolver(flashy.BaseSolver):
 
     # ------------------------------------------------------------------ logging helpers
     def log_scalars(self, prefix: str, metrics: dict[str, float], step: int) -> None:
-        """Per-update TensorBoard scalars (flashy logs per-epoch summaries itself)."""
+        """Per-update scalars to TensorBoard and wandb (flashy logs per-epoch summaries itself)."""
+        if self._wandb is not None:
+            self._wandb.log_scalars(prefix, metrics, "update", step)
         if self._tensorboard is None or self._tensorboard.writer is None:
             return
         for key, value in metrics.items():
             self._tensorboard.writer.add_scalar(f"{prefix}/{key}", float(value), step)
+
+    def log_generated_samples(self) -> None:
+        """The generate stage's samples (`<generate.path>/<epoch>/`: audio, controls picture) to wandb."""
+        if self._wandb is None:
+            return
+        folder = self.folder / self.cfg.generate.path / str(self.epoch)
+        count = self._wandb.log_samples(folder, self.cfg.generate.audio.format, self.epoch)
+        logger.info("Logged %d samples of %s to wandb", count, folder)
 
     # ------------------------------------------------------------------ loop
     def _should_run(self, every: int | None) -> bool:
@@ -404,6 +416,7 @@ class StandardSolver(flashy.BaseSolver):
             if self._should_run(self.cfg.generate.every):
                 with torch.no_grad():
                     self.run_stage("generate", self.generate)
+                self.log_generated_samples()
         self.commit()
 
     def run_one_stage(self, stage: str) -> None:
@@ -411,13 +424,17 @@ class StandardSolver(flashy.BaseSolver):
         stages = {"valid": self.valid, "evaluate": self.evaluate, "generate": self.generate}
         if stage not in stages:
             raise ValueError(f"execute_only={stage!r}: choose one of {sorted(stages)}")
-        if not self.restore():
-            raise FileNotFoundError(f"execute_only={stage}: no checkpoint in {self.folder}; train first")
-        # Logs and samples/<epoch> name the epoch the checkpoint was saved at, not the next one.
-        self._stage_epoch = max(1, len(self.history))
+        restored = self.restore()
+        if not restored and not self.cfg.get("continue_from"):
+            raise FileNotFoundError(f"execute_only={stage}: no checkpoint in {self.folder}; train first, "
+                                    "or give continue_from=MODEL to run the stage on that model")
+        # Logs and samples/<epoch> name the epoch the checkpoint was saved at (0: the continue_from weights).
+        self._stage_epoch = max(1, len(self.history)) if restored else 0
         try:
             with self.swap_best_state(), torch.no_grad():
                 self.run_stage(stage, stages[stage])
+            if stage == "generate":
+                self.log_generated_samples()
         finally:
             self._stage_epoch = None
         self._start_epoch()
@@ -430,10 +447,12 @@ class StandardSolver(flashy.BaseSolver):
             interrupts.TrainingInterrupted: a stop signal came; the checkpoint is saved (under
                 submitit, a requeue signal requeues the job and exits instead).
         """
-        if self.cfg.execute_only:
-            self.run_one_stage(self.cfg.execute_only)
-            return
         with ExitStack() as stack:
+            if self._wandb is not None:
+                stack.callback(self._wandb.finish)  # flushes the run's files, also after an error
+            if self.cfg.execute_only:
+                self.run_one_stage(self.cfg.execute_only)
+                return
             # Training only (execute_only may run beside the training job). One writer per folder:
             # then temp files of killed saves can go before any checkpoint is written, and
             # history.json is rewritten from the checkpoint's history.

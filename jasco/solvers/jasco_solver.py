@@ -18,18 +18,22 @@ from torch.utils.data import DataLoader
 
 from jasco.audio.io import SOUNDFILE_EXTENSIONS
 from jasco.controls.chords.vocabulary import ChordVocabulary
+from jasco.data.attributes import ConditioningAttributes
 from jasco.data.audio_dataset import EmptyDatasetError
 from jasco.data.jasco_dataset import JascoDataset, JascoInfo
 from jasco.data.latents import verify_latent_cache
+from jasco.environment import resolve_autocast, resolve_dataset_path
 from jasco.models import flow
 from jasco.models.builders import get_compression_model, get_flow_matching_model
-from jasco.environment import resolve_dataset_path
 from jasco.solvers import distributed
 from jasco.solvers.base import StandardSolver
 from jasco.solvers.continuation import initial_state_from
 from jasco.solvers.ema import ModuleDictEMA
-from jasco.solvers.interrupts import ignore_stop_signals
-from jasco.solvers.resume import batches_from
+from jasco.solvers.evaluation import evaluate_generations, evaluation_settings
+from jasco.solvers.finetune import prepare_model
+from jasco.solvers.interrupts import StopRequested, ignore_stop_signals
+from jasco.solvers.pending_metrics import PendingMetrics
+from jasco.solvers.resume import Averager, batches_from
 from jasco.solvers.samples import write_samples
 from jasco.solvers.schedulers import build_lr_scheduler
 
@@ -81,8 +85,10 @@ class JascoSolver(StandardSolver):
         start = initial_state_from(cfg, self.folder)  # may adopt architecture keys: before building
         self.compression_model = get_compression_model(cfg).to(self.device)
         self.model = get_flow_matching_model(cfg, self.compression_model).to(self.device)
-        if start is not None:
-            self.model.load_state_dict(start, strict=True)
+        prepare_model(self.model, cfg, start)  # starting weights, LoRA adapters, what trains (finetune.*)
+        if cfg.compile:
+            # In place, layer by layer: parameter names and checkpoints unchanged (docs/PERFORMANCE.md).
+            self.model.transformer.compile_layers()
         fsdp_dtypes = {key: getattr(torch, cfg.fsdp[key]) for key in ("param_dtype", "reduce_dtype")}
         for key, dtype in fsdp_dtypes.items():
             if dtype not in (torch.float32, torch.bfloat16, torch.float16):
@@ -98,9 +104,11 @@ class JascoSolver(StandardSolver):
             # What the train stage runs: DDP over the same module when distributed (docs/SCALING.md); `self.model`
             # (checkpoints, EMA, valid, generate) stays the plain module. Wrapping syncs every rank to rank 0's weights.
             self.train_model = distributed.wrap(self.model, self.device)
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = [p for p in self.model.parameters() if p.requires_grad]  # with LoRA: adapters (+ finetune.trainable)
         fused = cfg.optim.get("fused", "auto")
-        fused = self.device.type == "cuda" if fused == "auto" else bool(fused)
+        # auto: fused AdamW on GPU, and on CPU (~10x faster than foreach there) except over FSDP's sharded tensors.
+        fused = (self.device.type == "cuda" or (self.device.type == "cpu" and not self.fsdp)) if fused == "auto" \
+            else bool(fused)
         if cfg.optim.optimizer != "adamw":
             raise ValueError(f"optim.optimizer={cfg.optim.optimizer!r}: only adamw is supported")
         self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.adam.betas),
@@ -111,11 +119,12 @@ class JascoSolver(StandardSolver):
         if cfg.optim.ema.use:
             self.ema = ModuleDictEMA(nn.ModuleDict({"model": self.model}), decay=cfg.optim.ema.decay,
                                      device=cfg.optim.ema.device or self.device)
-        self.autocast_dtype = getattr(torch, cfg.autocast_dtype)
-        if cfg.autocast and self.device.type == "cpu" and self.autocast_dtype == torch.float16:
-            logger.warning("autocast_dtype=float16 is slow and unsupported on CPU; using bfloat16")
-            self.autocast_dtype = torch.bfloat16
-        if cfg.autocast and self.autocast_dtype == torch.float16:
+        # autocast / autocast_dtype (auto: bfloat16 where the device runs it natively), environment.resolve_autocast.
+        dtype = resolve_autocast(cfg.autocast, cfg.autocast_dtype, self.device)
+        self.autocast_enabled = dtype is not None
+        self.autocast_dtype = dtype or torch.float32
+        logger.info("Mixed precision: %s", f"{dtype} autocast" if dtype else "float32 (no autocast)")
+        if dtype == torch.float16:
             self.scaler = torch.amp.GradScaler(self.device.type)
         self.updates = 0
         if distributed.world_size() > 1:
@@ -141,8 +150,8 @@ class JascoSolver(StandardSolver):
             self.model.reshard()
 
     def autocast(self) -> torch.autocast:
-        """Mixed precision for the flow network (the codec always runs in fp32)."""
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=bool(self.cfg.autocast))
+        """Mixed precision for the flow network (the codec always runs in fp32: `codec.full_precision`)."""
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_enabled)
 
     def build_dataloaders(self) -> None:
         cfg = self.cfg
@@ -209,9 +218,10 @@ class JascoSolver(StandardSolver):
             raise ValueError(f"fsdp.use=true: the {size} items of datasource.{split} give the {world} processes "
                              f"{min(counts)} to {max(counts)} batches of {self.batch_size}; every process must run "
                              f"as many: change dataset.{split}.num_samples or dataset.batch_size")
-        if world > 1 and self.cfg.generate.every and self.cfg.generate.lm.solver != "euler":
+        if world > 1 and self.cfg.generate.every and self.cfg.generate.lm.solver in flow.ADAPTIVE_SOLVERS:
             raise ValueError(f"fsdp.use=true with generate.lm.solver={self.cfg.generate.lm.solver!r}: an adaptive "
-                             f"solver takes a different number of steps on each process; use euler")
+                             f"solver takes a different number of steps on each process; use a fixed-step "
+                             f"solver ({', '.join(sorted(flow.FIXED_STEP_SOLVERS))})")
 
     # ------------------------------------------------------------------ one step
     def latents_of(self, wav: torch.Tensor, infos: list[JascoInfo]) -> torch.Tensor:
@@ -233,6 +243,7 @@ class JascoSolver(StandardSolver):
         otherwise) and `positions[i]` (its place in the update's global batch, or its dataset index):
         the same whichever process or micro-batch holds the item, and after a resume. Training
         applies condition dropout (`dropout_generator`) and runs `train_model` (DDP when distributed).
+        The loss stays on the device: whether it is finite is checked where metrics are read (`settle_metrics`).
         """
         wav, infos = batch
         attributes = [info.to_condition_attributes() for info in infos]
@@ -245,13 +256,7 @@ class JascoSolver(StandardSolver):
         with self.autocast():
             # Conditions are embedded inside the forward, so DDP sees the conditioners' parameters used.
             v = (self.train_model if train else self.model)(flow.interpolate(z0, z1, t), t, conditions=attributes)
-        loss = flow.flow_matching_loss(v, z0, z1, t, self.cfg.get("loss_func", "increasing"))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"Loss is {loss.item()} at update {self.updates} (epoch {self.epoch}) on a batch of tracks "
-                f"(path@seek): {batch_tracks(infos)}. Lower optim.lr, check the data (silent or clipped audio), "
-                f"or disable fp16 autocast (autocast_dtype=bfloat16).")
-        return loss
+        return flow.flow_matching_loss(v, z0, z1, t, self.cfg.get("loss_func", "increasing"))
 
     def dropout_generator(self, positions: Sequence[int]) -> torch.Generator:
         """Condition dropout's draws in the current update.
@@ -269,28 +274,33 @@ class JascoSolver(StandardSolver):
                  positions: Sequence[int] | None = None) -> dict[str, float]:
         """Loss of one batch; in training, one whole update on it (as this process's share of the global batch).
 
-        `positions` default to `0, 1, ...` (see `batch_loss`).
+        `positions` default to `0, 1, ...` (see `batch_loss`). The metrics are read at once (one host
+        sync; the stage loops read theirs only at logging points), a non-finite loss raising.
         """
         positions = range(len(batch[1])) if positions is None else positions
+        pending = PendingMetrics()
         if train:
-            return self.train_update([batch], [positions])
-        return {"loss": self.batch_loss(batch, positions, train=False).item()}
+            pending.add(self.updates + 1, self.train_update([batch], [positions]), batch[1])
+        else:
+            pending.add(self.updates, {"loss": self.batch_loss(batch, positions, train=False)}, batch[1])
+        return self.settle_metrics(pending, Averager())
 
     def train_update(self, batches: list[tuple[torch.Tensor, list[JascoInfo]]], positions: list[Sequence[int]],
-                     global_batch: int | None = None) -> dict[str, float]:
+                     global_batch: int | None = None) -> dict[str, torch.Tensor | float]:
         """One optimizer update from this process's micro-batches of the update, in accumulation order.
 
         Micro-batch `j` (`n_j` items at `positions[j]`) weighs its mean loss by `n_j W / G` (`G`
         items in the global batch, default `W` times this process's; DDP averages over the `W`
         processes): the update's gradient is that of the mean loss over the global batch, however
         it is split. DDP all-reduces once, in the backward of the last micro-batch (`no_sync` before).
-        The `loss` returned is this process's mean over its items.
+        The `loss` returned is this process's mean over its items, a 0-d tensor on the device, as is
+        `grad_norm`: nothing here waits for the device (read them with `PendingMetrics`).
         """
         world = distributed.world_size()
         local_items = sum(len(where) for where in positions)
         global_batch = global_batch or local_items * world
         self.optimizer.zero_grad(set_to_none=True)
-        total = 0.0
+        total: torch.Tensor | None = None
         for step, (batch, where) in enumerate(zip(batches, positions)):
             last = step == len(batches) - 1
             if self.fsdp:  # FSDP2: reduce-scatter the gradients in the last micro-batch's backward only
@@ -299,20 +309,24 @@ class JascoSolver(StandardSolver):
                 loss = self.batch_loss(batch, where, train=True)
                 weighted = loss * (len(where) * world / global_batch)
                 (weighted if self.scaler is None else self.scaler.scale(weighted)).backward()
-            total += loss.item() * len(where)
-        metrics = {"loss": total / local_items}
+            part = loss.detach().double() * len(where)
+            total = part if total is None else total + part
+        metrics: dict[str, torch.Tensor | float] = {"loss": total / local_items}
         metrics.update(self.optimizer_step())
         return metrics
 
-    def optimizer_step(self) -> dict[str, float]:
-        """Once the update's gradients are accumulated (and averaged by DDP): clipping, step, scheduler, EMA."""
+    def optimizer_step(self) -> dict[str, torch.Tensor | float]:
+        """Once the update's gradients are accumulated (and averaged by DDP): clipping, step, scheduler, EMA.
+
+        `grad_norm` stays a device tensor (no host sync; fp16's GradScaler still reads its inf check).
+        """
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        metrics = {}
+        metrics: dict[str, torch.Tensor | float] = {}
         if self.cfg.optim.max_norm:
             norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.max_norm)  # FSDP: over all shards
-            metrics["grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+            metrics["grad_norm"] = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).detach()
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -325,6 +339,27 @@ class JascoSolver(StandardSolver):
             self.ema.step()
         metrics["lr"] = self.optimizer.param_groups[0]["lr"]
         return metrics
+
+    def settle_metrics(self, pending: PendingMetrics, average: Averager, log_prefix: str | None = None
+                       ) -> dict[str, float]:
+        """Read the pending steps' metrics (one host sync), fold them into `average` and return its means.
+
+        With `log_prefix`, each step's metrics also go to TensorBoard at its update.
+
+        Raises:
+            FloatingPointError: a step's loss is not finite; the message names that batch's tracks.
+        """
+        for done in pending.read():
+            loss = done.metrics.get("loss", 0.0)
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"Loss is {loss} at update {done.step} (epoch {self.epoch}) on a batch of tracks (path@seek): "
+                    f"{batch_tracks(done.items)}. Lower optim.lr, check the data (silent or clipped audio), or "
+                    f"disable fp16 autocast (autocast_dtype=bfloat16).")
+            average(done.metrics, done.weight)
+            if log_prefix is not None:
+                self.log_scalars(log_prefix, done.metrics, done.step)
+        return average.means()
 
     # ------------------------------------------------------------------ stages
     def _train_loop(self) -> dict[str, float]:
@@ -343,16 +378,23 @@ class JascoSolver(StandardSolver):
         progress = self.log_progress("train", range(start, total), total=total - start,
                                      updates=max(1, total // max(1, self.cfg.logging.log_updates)))
         metrics: dict[str, float] = average.means()
+        pending = PendingMetrics()  # updates whose metrics are still on the device
         begin = time.time()
-        for _ in progress:
+        for index in progress:
             batches = [next(micro_batches) for _ in range(self.accumulation)]
             step_metrics = self.train_update(batches, positions, sampler.global_batch)
             step_metrics["samples_per_s"] = sampler.global_batch / max(time.time() - begin, 1e-9)
             begin = time.time()
-            metrics = average(step_metrics)
-            progress.update(**metrics)
-            self.log_scalars("train_step", step_metrics, self.updates)
-            self.step_done()  # update boundary: stop signals, deadlock watchdog
+            pending.add(self.updates, step_metrics, [info for _, infos in batches for info in infos])
+            # The host waits for the device only where the bar logs (about every logging.log_updates) and at the end.
+            if progress.update(**metrics) or index == total - 1:
+                metrics = self.settle_metrics(pending, average, "train_step")
+                progress.update(**metrics)
+            try:
+                self.step_done()  # update boundary: stop signals, deadlock watchdog
+            except StopRequested:
+                self.settle_metrics(pending, average, "train_step")  # the resume point keeps the running means
+                raise
         # Each process's means are over its items of every update: weighting by them gives the global means.
         return distributed.average_metrics(metrics, sum(len(where) for where in positions))
 
@@ -364,17 +406,21 @@ class JascoSolver(StandardSolver):
         progress = self.log_progress(split, loader, total=len(loader),
                                      updates=max(1, len(loader) // max(1, self.cfg.logging.log_updates)))
         metrics: dict[str, float] = {}
+        pending = PendingMetrics()  # batches whose loss is still on the device
         seen = 0
         begin = time.time()
-        for batch in progress:
+        for index, batch in enumerate(progress):
             indices = [loader.sampler.global_index(seen + i) for i in range(len(batch[1]))]
             seen += len(indices)
-            step_metrics = self.run_step(batch, False, indices)
-            step_metrics["samples_per_s"] = len(indices) * distributed.world_size() / max(time.time() - begin, 1e-9)
+            step_metrics = {"loss": self.batch_loss(batch, indices, train=False),
+                            "samples_per_s": len(indices) * distributed.world_size() / max(time.time() - begin, 1e-9)}
             begin = time.time()
-            metrics = average(step_metrics, len(indices))
-            progress.update(**metrics)
+            pending.add(self.updates, step_metrics, batch[1], weight=len(indices))
+            if progress.update(**metrics) or index == len(loader) - 1:
+                metrics = self.settle_metrics(pending, average)
+                progress.update(**metrics)
             self.step_done()
+        metrics = self.settle_metrics(pending, average) if len(pending) else metrics
         return distributed.average_metrics(metrics, seen)
 
     def train(self) -> dict[str, float]:
@@ -388,11 +434,14 @@ class JascoSolver(StandardSolver):
         return self._eval_loop("valid")
 
     def evaluate(self) -> dict[str, float]:
-        """Loss of the best state at fixed times t, unweighted: how well each part of the path is fit."""
+        """The best state on the evaluate split: losses at fixed times t (unweighted: how well each part of
+        the path is fit), then, when `evaluate.metrics` enables some, samples scored against their own
+        conditions (`jasco.solvers.evaluation`, docs/EVALUATION.md)."""
         with self.root_unsharded():
             return self._evaluate()
 
     def _evaluate(self) -> dict[str, float]:
+        settings = evaluation_settings(self.cfg.evaluate)  # checked before the losses: a typo fails at once
         self.model.eval()
         loader = self.dataloaders.get("evaluate") or self.dataloaders["valid"]
         loader.dataset.set_epoch(0)
@@ -414,7 +463,10 @@ class JascoSolver(StandardSolver):
             self.step_done()
         metrics = {f"loss_t{t:.1f}": s / max(count, 1) for t, s in sums.items()}
         metrics["loss"] = sum(metrics.values()) / len(times)
-        return distributed.average_metrics(metrics, count)
+        metrics = distributed.average_metrics(metrics, count)
+        if settings.generates:
+            metrics.update(evaluate_generations(self, loader, settings))
+        return metrics
 
     def generate(self) -> dict[str, float]:
         """Sample from the conditions of the generate set; write wavs, condition JSON and pictures.
@@ -425,11 +477,27 @@ class JascoSolver(StandardSolver):
         with self.root_unsharded():
             return self._generate()
 
+    def sample_audio(self, attributes: list[ConditioningAttributes], n_samples: int,
+                     noise_keys: list[tuple[int | str, ...]]) -> torch.Tensor:
+        """Audio `[B, C, N']` on the CPU (`N' >= n_samples`) sampled with `generate.lm`'s solver and guidance
+        from item `i`'s initial noise keyed by `noise_keys[i]`, decoded by the codec (generate and evaluate stages).
+
+        The network runs under the solver's autocast; the ODE state stays fp32 (`FlowMatchingModel.generate`).
+        """
+        lm = self.cfg.generate.lm
+        n_frames = math.ceil(n_samples / self.compression_model.hop_length)
+        noise, _ = distributed.item_noise(noise_keys, (n_frames, self.model.flow_dim), self.device)
+        with self.autocast():
+            latents = self.model.generate(attributes, max_gen_len=n_frames, cfg_coef_all=lm.cfg_coef_all,
+                                          cfg_coef_txt=lm.cfg_coef_txt, solver=lm.solver, steps=lm.steps,
+                                          time_grid=lm.time_grid, sway_coef=lm.sway_coef,
+                                          ode_atol=lm.ode_atol, ode_rtol=lm.ode_rtol, initial_noise=noise)
+        return self.compression_model.decode(latents.float()).cpu()
+
     def _generate(self) -> dict[str, float]:
         self.model.eval()
         loader = self.dataloaders.get("generate") or self.dataloaders["valid"]
         loader.dataset.set_epoch(0)
-        lm = self.cfg.generate.lm
         out_dir = self.folder / self.cfg.generate.path / str(self.epoch)
         wanted = min(self.cfg.dataset.generate.num_samples, loader.sampler.size)
         done: list[tuple[int, torch.Tensor, JascoInfo]] = []  # (index in the set, audio [C, N] on CPU, info)
@@ -443,16 +511,8 @@ class JascoSolver(StandardSolver):
                 break
             attributes = [info.to_condition_attributes() for info in infos]
             # Lengths from the infos: the batch holds no audio when the dataset reads cached latents.
-            n_samples = max(info.total_frames for info in infos)
-            n_frames = math.ceil(n_samples / self.compression_model.hop_length)
-            noise, _ = distributed.item_noise([(self.cfg.seed, "generate", i) for i in indices],
-                                              (n_frames, self.model.flow_dim), self.device)
-            with self.autocast():
-                latents = self.model.generate(attributes, max_gen_len=n_frames, cfg_coef_all=lm.cfg_coef_all,
-                                              cfg_coef_txt=lm.cfg_coef_txt, solver=lm.solver,
-                                              euler_steps=lm.euler_steps, ode_atol=lm.ode_atol,
-                                              ode_rtol=lm.ode_rtol, initial_noise=noise)
-            audio = self.compression_model.decode(latents.float()).cpu()
+            audio = self.sample_audio(attributes, max(info.total_frames for info in infos),
+                                      [(self.cfg.seed, "generate", i) for i in indices])
             done += list(zip(indices, audio, infos))
             self.step_done()
         gathered = distributed.gather_to_rank_zero(done)

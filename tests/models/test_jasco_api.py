@@ -281,16 +281,45 @@ def test_recorded_vocabulary_wins(model, folder, tmp_path):
     assert api.chords_vocabulary.labels == ChordVocabulary.from_file(permuted).labels
 
 
-def test_models_without_a_recorded_vocabulary_need_the_mapping(model, tmp_path):
-    published_like = _export_recording(model, tmp_path / "published_like", None)
-    with pytest.warns(UserWarning, match=r"no chord mapping given: using the builtin vocabulary"):
-        api = JASCO.get_pretrained(published_like, device="cpu")
-    assert api.chords_vocabulary.labels == ChordVocabulary.builtin().labels
+def test_models_without_a_known_vocabulary_refuse_chords(model, tmp_path):
+    unknown = _export_recording(model, tmp_path / "unknown", None)  # a jasco xp.cfg without chords_vocabulary
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        api = JASCO.get_pretrained(unknown, device="cpu")
+    api.set_generation_params(euler=True, euler_steps=1, duration=0.5)
+    assert api.chords_vocabulary is None
+    assert api.generate_music(["x"], seed=0).shape == (1, 1, SR // 2)  # other controls still work
+    with pytest.raises(InvalidInputError, match=r"cannot tell which chord vocabulary .*unknown was trained with.*"
+                                                r"pass chords_mapping_path= \(--chords-mapping\)") as refused:
+        api.generate_music(["x"], chords=[("C", 0.0)], seed=0)
+    assert refused.value.argument == "chords"
     permuted = _permuted_builtin(tmp_path / "chord_to_index_mapping.json")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        api = JASCO.get_pretrained(published_like, device="cpu", chords_mapping_path=permuted)
+        api = JASCO.get_pretrained(unknown, device="cpu", chords_mapping_path=permuted)
     assert api.chords_vocabulary.labels == ChordVocabulary.from_file(permuted).labels  # the given one is used
+
+
+def test_published_layout_models_use_the_published_vocabulary(model, tmp_path):
+    original = model.cfg
+    model.cfg = original.copy()
+    with open_dict(model.cfg):
+        model.cfg.lm_model = "transformer_lm"  # what the published code writes in every xp.cfg
+    try:
+        published_like = _export_recording(model, tmp_path / "published_like", None)
+    finally:
+        model.cfg = original
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        api = JASCO.get_pretrained(published_like, device="cpu")
+    published = ChordVocabulary.from_spec("published")
+    assert api.chords_vocabulary.labels == published.labels != ChordVocabulary.builtin().labels
+    permuted = _permuted_builtin(tmp_path / "mine.json")  # an explicit mapping still overrides
+    api = JASCO.get_pretrained(published_like, device="cpu", chords_mapping_path=permuted)
+    assert api.chords_vocabulary.labels == ChordVocabulary.from_file(permuted).labels
+    # A hub id of the published models implies it too (no xp.cfg marker needed).
+    plain = JASCO(name="facebook/jasco-chords-drums-400M", model=api.model, compression_model=api.compression_model)
+    assert plain.chords_vocabulary.labels == published.labels
 
 
 # ---------------------------------------------------------------- docs/INFERENCE.md

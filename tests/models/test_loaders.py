@@ -11,9 +11,21 @@ import warnings
 
 import pytest
 import torch
-from helpers_inference import debug_cfg, debug_model, export_model, write_training_checkpoint
+from helpers_inference import (
+    debug_cfg,
+    debug_model,
+    export_model,
+    write_training_checkpoint,
+)
 from omegaconf import OmegaConf
-from reference_files import CHORD_MAPPING, CODEC_PREFIX, SHAPES, SMALL_REF, assert_close, require
+from reference_files import (
+    CHORD_MAPPING,
+    CODEC_PREFIX,
+    SHAPES,
+    SMALL_REF,
+    assert_close,
+    require,
+)
 from transformers import EncodecModel
 
 from jasco import hub, safe_load
@@ -21,9 +33,14 @@ from jasco.controls.chords.vocabulary import ChordVocabulary
 from jasco.export import export_lm, export_pretrained_compression_model
 from jasco.models import loaders
 from jasco.models.builders import get_flow_matching_model
-from jasco.models.codec import EncodecCompressionModel, convert_weight_norm_keys, encodec_32khz_config
+from jasco.models.codec import (
+    EncodecCompressionModel,
+    convert_weight_norm_keys,
+    encodec_32khz_config,
+)
 from jasco.models.loaders import (
     ModelLoadError,
+    UnknownChordVocabularyError,
     load_chord_vocabulary,
     load_compression_model,
     load_jasco,
@@ -279,14 +296,18 @@ def test_chord_vocabulary_resolution(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_chord_vocabulary({"chords_vocabulary": "builtin"}).labels == ChordVocabulary.builtin().labels
-    with pytest.warns(UserWarning, match="chord_to_index_mapping.pkl"):
-        assert load_chord_vocabulary({}).card == 194
+    with pytest.raises(UnknownChordVocabularyError, match="records no chords_vocabulary.*chords_mapping_path="):
+        load_chord_vocabulary({})  # nothing recorded, not a published model: refused, never guessed
+    published = ChordVocabulary.from_spec("published").labels
+    assert load_chord_vocabulary({}, source="facebook/jasco-chords-drums-400M").labels == published
+    assert load_chord_vocabulary({"lm_model": "transformer_lm"}, source="/some/copy").labels == published
     custom = ChordVocabulary({"N": 0, "C": 1, "UNK": 2})
     custom.save_json(tmp_path / "vocab.json")
     assert load_chord_vocabulary({"chords_vocabulary": str(tmp_path / "vocab.json")}).labels == ["N", "C", "UNK"]
     assert load_chord_vocabulary({}, tmp_path / "vocab.json").card == 3
-    with pytest.warns(UserWarning, match="not available here"):
+    with pytest.raises(UnknownChordVocabularyError, match=r"'published:/nowhere/map.pkl'.*/nowhere/map.pkl does not"):
         load_chord_vocabulary({"chords_vocabulary": "published:/nowhere/map.pkl"})
+    assert load_chord_vocabulary({"chords_vocabulary": "published:/nowhere/map.pkl"}, tmp_path / "vocab.json").card == 3
     if CHORD_MAPPING.exists():
         assert load_chord_vocabulary(None, CHORD_MAPPING).index("C") == \
             ChordVocabulary.from_file(CHORD_MAPPING).index("C")

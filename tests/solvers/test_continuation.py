@@ -121,3 +121,12 @@ def test_unknown_sources_list_the_accepted_forms(tmp_path):
         load_source("facebook/not-here")
     with pytest.raises(ContinuationError, match=rf"continue_from=//pretrained/ names no model. {ACCEPTED}"):
         load_source("//pretrained/")
+
+
+def test_chord_vocabulary_must_match_the_starting_model(source_run):
+    dora_dir, sig, best = source_run  # trained with chords_vocabulary=builtin (recorded in its xp.cfg)
+    with pytest.raises(ContinuationError, match=r"trained with the chord vocabulary 'builtin' but this run has "
+                                                r"chords_vocabulary='published' .*set chords_vocabulary=builtin"):
+        start(dora_dir, QUICK + ["chords_vocabulary=published", f"continue_from=//sig/{sig}"])
+    solver = start(dora_dir, QUICK + ["optim.lr=6e-4", f"continue_from=//sig/{sig}"])  # the same vocabulary: fine
+    assert_same_weights(solver.model, best)

@@ -20,7 +20,13 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers_interrupts import assert_same_training, checkpoint_of, finish, start_run, wait_for
+from helpers_interrupts import (
+    assert_same_training,
+    checkpoint_of,
+    finish,
+    start_run,
+    wait_for,
+)
 from helpers_training import REPO_ROOT, ensure_example
 
 from jasco.grids._slurm import Node, parse_sinfo, plan
@@ -121,13 +127,14 @@ def wait_for_jobs(job_ids: list[str], timeout: float) -> bool:
 
 
 def table_rows(output: str) -> dict[str, dict[str, list[str]]]:
-    """The rows of a `dora grid` table by signature: `meta`, `train`, `valid`, `evaluate` cells."""
+    """The rows of a `dora grid` table by signature: `meta`, `train`, `valid`, `evaluate`, `text only` cells."""
     rows = {}
     for line in output.splitlines():
         parts = line.split("|")
         match = re.search(r"\b([0-9a-f]{8})\b", parts[0])
-        if len(parts) == 4 and match:
-            rows[match.group(1)] = dict(zip(("meta", "train", "valid", "evaluate"), (p.split() for p in parts)))
+        if len(parts) == 5 and match:
+            rows[match.group(1)] = dict(zip(("meta", "train", "valid", "evaluate", "text only"),
+                                            (p.split() for p in parts)))
     return rows
 
 
@@ -168,6 +175,11 @@ def test_debug_grid_runs_to_the_end_on_slurm(slurm_cluster, tmp_path):
         valid_loss, best = map(float, row["valid"])
         assert best == pytest.approx(min(h["valid"]["loss"] for h in history), abs=1e-4) and best <= valid_loss
         assert math.isfinite(float(row["evaluate"][0]))
+        # The evaluate stage's metric means (chord IOU, onset F1, melody, FAD; CLAP is off by default).
+        evaluated = history[-1]["evaluate"]
+        shown = [float(cell) for cell in row["evaluate"][1:5]]
+        expected = [evaluated[key] for key in ("chords_iou", "onset_f1", "chroma_similarity", "fad")]
+        assert shown == pytest.approx(expected, rel=1e-3, abs=1e-4), output
     print(f"dora grid debug on SLURM ({slurm_cluster}): jobs done in {elapsed:.0f} s\n{output}")
 
 
