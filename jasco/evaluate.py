@@ -33,7 +33,7 @@ from jasco.controls.melody.salience import (
     read_salience,
 )
 from jasco.data.side_files import CHORDS_SUFFIXES, SALIENCE_SUFFIXES, find_side_file
-from jasco.solvers.evaluation import (
+from jasco.metrics import (
     METRIC_KEYS,
     WITH_CONTROLS,
     EvaluationSettings,

@@ -25,10 +25,34 @@ from jasco.metrics.melody import (
     melody_similarity,
 )
 from jasco.metrics.onsets import onset_f1
+from jasco.metrics.scoring import (
+    FAD_EMBEDDINGS,
+    METRIC_KEYS,
+    EvaluationSettings,
+    SampleScorer,
+    set_fad,
+)
+from jasco.metrics.table import (
+    TEXT_ONLY,
+    WITH_CONTROLS,
+    EvaluationTable,
+    SampleConditions,
+    metric_of,
+)
 from jasco.metrics.vggish import VGGishEmbedding, VGGishNetwork, load_vggish
 
 __all__ = [
     "EMBEDDINGS",
+    "FAD_EMBEDDINGS",
+    "METRIC_KEYS",
+    "TEXT_ONLY",
+    "WITH_CONTROLS",
+    "EvaluationSettings",
+    "EvaluationTable",
+    "SampleConditions",
+    "SampleScorer",
+    "metric_of",
+    "set_fad",
     "AudioEmbedding",
     "ClapEmbedding",
     "EmbeddingStatistics",

@@ -5,6 +5,7 @@ Shapes: `B` batch, `T` latent frames, `F` flow dim.
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -142,57 +143,44 @@ def grid_times(kind: str, steps: int, sway_coef: float = DEFAULT_SWAY_COEF) -> t
     raise ValueError(f"Unknown time_grid {kind!r}; choose from {list(TIME_GRIDS)}")
 
 
-def euler_solve(velocity: VelocityFn, z0: torch.Tensor, times: torch.Tensor,
-                callback: ProgressCallback | None = None) -> torch.Tensor:
-    """Euler, first order, 1 NFE per step: `z ← z + h v(z, t)`."""
-    z, steps = z0, len(times) - 1
-    for i in range(steps):
-        t, h = times[i:i + 1], float(times[i + 1] - times[i])
-        z = z + h * velocity(z, t)
-        if callback is not None:
-            callback(i + 1, steps)
+@dataclass(frozen=True)
+class ButcherTableau:
+    """An explicit Runge-Kutta method: stage `i` evaluates the field at `t + c[i] h` and
+    `z + h Σ_j a[i][j] k_j`; the step is `z + h Σ_i b[i] k_i` (one evaluation per stage)."""
+
+    c: tuple[float, ...]
+    a: tuple[tuple[float, ...], ...]
+    b: tuple[float, ...]
+
+
+# The fixed-step samplers (docs/MODEL.md, "Sampling"): order 1, 2, 2 and 4.
+TABLEAUS = {
+    "euler": ButcherTableau(c=(0.0,), a=((),), b=(1.0,)),
+    "midpoint": ButcherTableau(c=(0.0, 0.5), a=((), (0.5,)), b=(0.0, 1.0)),
+    "heun": ButcherTableau(c=(0.0, 1.0), a=((), (1.0,)), b=(0.5, 0.5)),
+    "rk4": ButcherTableau(c=(0.0, 0.5, 0.5, 1.0), a=((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)),
+                          b=(1 / 6, 1 / 3, 1 / 3, 1 / 6)),
+}
+
+
+def _combine(z: torch.Tensor, h: float, weights: tuple[float, ...], slopes: list[torch.Tensor]) -> torch.Tensor:
+    """`z + h Σ w_j k_j` over the non-zero weights (`z` itself when there are none)."""
+    for weight, slope in zip(weights, slopes):
+        if weight:
+            z = z + (h * weight) * slope
     return z
 
 
-def midpoint_solve(velocity: VelocityFn, z0: torch.Tensor, times: torch.Tensor,
-                   callback: ProgressCallback | None = None) -> torch.Tensor:
-    """Explicit midpoint, second order, 2 NFE per step: `z ← z + h v(z + h/2 v(z, t), t + h/2)`."""
+def runge_kutta_solve(tableau: ButcherTableau, velocity: VelocityFn, z0: torch.Tensor, times: torch.Tensor,
+                      callback: ProgressCallback | None = None) -> torch.Tensor:
+    """`len(times) - 1` steps of an explicit Runge-Kutta method over the time grid `times [N + 1]`."""
     z, steps = z0, len(times) - 1
     for i in range(steps):
         t, h = times[i:i + 1], float(times[i + 1] - times[i])
-        half = z + (h / 2) * velocity(z, t)
-        z = z + h * velocity(half, t + h / 2)
-        if callback is not None:
-            callback(i + 1, steps)
-    return z
-
-
-def heun_solve(velocity: VelocityFn, z0: torch.Tensor, times: torch.Tensor,
-               callback: ProgressCallback | None = None) -> torch.Tensor:
-    """Heun (explicit trapezoid), second order, 2 NFE per step: Euler predictor, mean of both slopes."""
-    z, steps = z0, len(times) - 1
-    for i in range(steps):
-        t, t_next = times[i:i + 1], times[i + 1:i + 2]
-        h = float(t_next - t)
-        k1 = velocity(z, t)
-        k2 = velocity(z + h * k1, t_next)
-        z = z + (h / 2) * (k1 + k2)
-        if callback is not None:
-            callback(i + 1, steps)
-    return z
-
-
-def rk4_solve(velocity: VelocityFn, z0: torch.Tensor, times: torch.Tensor,
-              callback: ProgressCallback | None = None) -> torch.Tensor:
-    """Classic Runge-Kutta, fourth order, 4 NFE per step."""
-    z, steps = z0, len(times) - 1
-    for i in range(steps):
-        t, h = times[i:i + 1], float(times[i + 1] - times[i])
-        k1 = velocity(z, t)
-        k2 = velocity(z + (h / 2) * k1, t + h / 2)
-        k3 = velocity(z + (h / 2) * k2, t + h / 2)
-        k4 = velocity(z + h * k3, t + h)
-        z = z + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+        slopes: list[torch.Tensor] = []
+        for c, row in zip(tableau.c, tableau.a):
+            slopes.append(velocity(_combine(z, h, row, slopes), t + c * h if c else t))
+        z = _combine(z, h, tableau.b, slopes)
         if callback is not None:
             callback(i + 1, steps)
     return z
@@ -227,8 +215,8 @@ def bosh3_solve(velocity: VelocityFn, z0: torch.Tensor, atol: float = DEFAULT_OD
 
 
 FIXED_STEP_SOLVERS: dict[str, Callable[..., torch.Tensor]] = {
-    "euler": euler_solve, "midpoint": midpoint_solve, "heun": heun_solve, "rk4": rk4_solve}
-EVALUATIONS_PER_STEP = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
+    name: functools.partial(runge_kutta_solve, tableau) for name, tableau in TABLEAUS.items()}
+EVALUATIONS_PER_STEP = {name: len(tableau.b) for name, tableau in TABLEAUS.items()}
 ADAPTIVE_SOLVERS: dict[str, Callable[..., torch.Tensor]] = {"dopri5": dopri5_solve, "bosh3": bosh3_solve}
 ODE_SOLVERS: dict[str, Callable[..., torch.Tensor]] = {**FIXED_STEP_SOLVERS, **ADAPTIVE_SOLVERS}
 

@@ -1,13 +1,13 @@
 """The evaluate stage's metrics: generate for the evaluate split, score each sample against its own conditions.
 
-`evaluation_settings` reads the `evaluate` config section (every key, unknown keys are errors).
-`SampleScorer` scores one generated piece against its `SampleConditions` (chords, drum stem,
-melody, text) with `jasco.metrics`; `EvaluationTable` collects the per-sample rows, writes `metrics.csv` and
-`summary.json` and gives the means. `evaluate_generations` is the solver's part: it generates the
-evaluate split with the configured sampler and guidance (`JascoSolver.sample_audio`, the same path as the
-generate stage), optionally also text-only (`evaluate.drop_controls`), writes the samples to
-`<xp>/<evaluate.path>/<epoch>/` and returns the means. The `jasco-evaluate` CLI reuses the scoring
-and the table on folders of files (docs/EVALUATION.md).
+`evaluation_settings` reads the `evaluate` config section (every key, unknown keys are errors) into
+`jasco.metrics.EvaluationSettings`. `evaluate_generations` is the solver's part: it generates the
+evaluate split with the configured sampler and guidance (`JascoSolver.sample_audio`, the same path as
+the generate stage), optionally also text-only (`evaluate.drop_controls`), scores every sample with
+`jasco.metrics.SampleScorer` against the conditions it was generated from (`conditions_of`), writes
+the samples, `metrics.csv` and `summary.json` (`jasco.metrics.EvaluationTable`) to
+`<xp>/<evaluate.path>/<epoch>/` and returns the means. The `jasco-evaluate` CLI does the same
+scoring on folders of files (docs/EVALUATION.md).
 
 A metric that cannot run (missing extra, model or weights) is `unavailable` with its reason: in
 the CSV (cell `unavailable`, reason in the `unavailable` column), `summary.json` and the log, and NaN
@@ -17,13 +17,9 @@ Shapes: `B` batch, `C` channels, `N` samples, `K` melody bins (53), `T` frames.
 """
 from __future__ import annotations
 
-import csv
-import json
 import logging
-import math
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +31,15 @@ from jasco.controls.chords.recognition import BACKENDS
 from jasco.data.attributes import ConditioningAttributes
 from jasco.data.jasco_dataset import JascoInfo
 from jasco.metrics import (
-    AudioEmbedding,
-    MetricUnavailable,
-    chord_metrics,
-    clap_score,
-    frechet_audio_distance,
-    get_embedding,
-    load_melody_extractor,
-    melody_similarity,
-    onset_f1,
+    FAD_EMBEDDINGS,
+    METRIC_KEYS,
+    TEXT_ONLY,
+    WITH_CONTROLS,
+    EvaluationSettings,
+    EvaluationTable,
+    SampleConditions,
+    SampleScorer,
+    set_fad,
 )
 from jasco.solvers import distributed
 from jasco.solvers.samples import chord_runs
@@ -52,41 +48,6 @@ logger = logging.getLogger(__name__)
 
 # Config keys of `evaluate` and of each `evaluate.metrics.<name>` section (config/solver/default.yaml).
 EVALUATE_KEYS = ("every", "path", "drop_controls", "metrics")
-METRIC_KEYS: dict[str, tuple[str, ...]] = {
-    "chords": ("use", "backend"), "onsets": ("use", "window_s"), "melody": ("use", "weights"),
-    "fad": ("use", "embedding", "weights"), "clap": ("use", "model"),
-}
-FAD_EMBEDDINGS = ("mel", "vggish", "clap")
-UNAVAILABLE = "unavailable"  # the CSV cell of a metric that could not run
-WITH_CONTROLS, TEXT_ONLY = "with_controls", "text_only"  # the `controls` column; history keys of TEXT_ONLY rows get its prefix
-# The metric each column belongs to (its `MetricUnavailable.metric`), and the column standing for a
-# metric in the means (history, explorer) when it gave no number at all.
-COLUMN_METRIC = {"chords_iou": "chords", "chords_majmin_accuracy": "chords", "chords_exact_accuracy": "chords",
-                 "onset_f1": "onsets", "onset_precision": "onsets", "onset_recall": "onsets", "beat_f1": "onsets",
-                 "tempo_agreement": "onsets", "chroma_similarity": "melody", "salience_accuracy": "melody_salience",
-                 "fad": "fad", "clap": "clap"}
-PRIMARY_COLUMN = {"chords": "chords_iou", "onsets": "onset_f1", "melody": "chroma_similarity",
-                  "melody_salience": "salience_accuracy", "fad": "fad", "clap": "clap"}
-
-
-@dataclass(frozen=True)
-class EvaluationSettings:
-    """The `evaluate` section, read and checked.
-
-    Attributes:
-        path: folder of the samples and tables, relative to the experiment folder.
-        drop_controls: also generate text-only samples (the model card's ablation rows).
-        metrics: enabled metric -> its options (the section without `use`).
-    """
-
-    path: str
-    drop_controls: bool
-    metrics: dict[str, dict[str, Any]]
-
-    @property
-    def generates(self) -> bool:
-        """Whether the stage generates samples (some metric is on)."""
-        return bool(self.metrics)
 
 
 def evaluation_settings(section: DictConfig) -> EvaluationSettings:
@@ -125,28 +86,6 @@ def _check_keys(section: Any, known: Sequence[str], where: str) -> None:
         raise ValueError(f"{where}: unknown key(s) {unknown}; known: {list(known)}")
 
 
-# ---------------------------------------------------------------- one sample
-@dataclass
-class SampleConditions:
-    """What one sample is scored against; None: the sample has no such condition (its cells stay empty).
-
-    Attributes:
-        name: the sample's name (file stem), the CSV's `sample` column.
-        text: the text description (CLAP).
-        chords: the chord condition `[(start_s, label), ...]`.
-        drums: the drum stem `[C, N]` and its sample rate.
-        melody: the melody salience `[K, T]` and its frames per second.
-        missing: condition -> why it cannot be scored although the sample has it (e.g. drums given as codes).
-    """
-
-    name: str
-    text: str | None = None
-    chords: list[tuple[float, str]] | None = None
-    drums: tuple[torch.Tensor, int] | None = None
-    melody: tuple[torch.Tensor, float] | None = None
-    missing: dict[str, str] = field(default_factory=dict)
-
-
 def conditions_of(info: JascoInfo, name: str, frame_rate: float, chord_labels: list[str] | None) -> SampleConditions:
     """The conditions a dataset item was generated from (chord indices back to labels)."""
     out = SampleConditions(name=name, text=info.description)
@@ -162,196 +101,6 @@ def conditions_of(info: JascoInfo, name: str, frame_rate: float, chord_labels: l
             out.missing["onsets"] = (f"the drum condition of {info.meta.path} is cached codes ({info.drums.path}), "
                                      "not audio; evaluate a split whose manifest gives drum stems")
     return out
-
-
-class SampleScorer:
-    """Scores samples against their conditions with the enabled metrics; models (the melody extractor) load once.
-
-    Args:
-        settings: the enabled metrics and their options.
-    """
-
-    def __init__(self, settings: EvaluationSettings) -> None:
-        self.settings = settings
-        self._extractor: Any = None
-        self._extractor_error: MetricUnavailable | None = None
-        melody = settings.metrics.get("melody")
-        if melody is not None and melody["weights"] is not None:
-            try:
-                self._extractor = load_melody_extractor(melody["weights"])
-            except MetricUnavailable as err:
-                self._extractor_error = err
-
-    def __call__(self, wav: torch.Tensor, sample_rate: int, conditions: SampleConditions
-                 ) -> tuple[dict[str, float], dict[str, str]]:
-        """Per-sample metrics of audio `[C, N]` against its conditions.
-
-        Returns:
-            (column -> value, metric -> reason it is unavailable). Conditions the sample lacks give no column.
-        """
-        metrics = self.settings.metrics
-        values: dict[str, float] = {}
-        unavailable: dict[str, str] = {}
-        duration = wav.shape[-1] / sample_rate
-        jobs = []
-        if "chords" in metrics and conditions.chords is not None:
-            jobs.append(("chords", lambda: {f"chords_{k}": v for k, v in chord_metrics(
-                wav, sample_rate, conditions.chords, backend=metrics["chords"]["backend"], duration=duration).items()}))
-        if "onsets" in metrics and (conditions.drums is not None or "onsets" in conditions.missing):
-            jobs.append(("onsets", lambda: self._onsets(wav, sample_rate, conditions)))
-        if "melody" in metrics and conditions.melody is not None:
-            jobs.append(("melody", lambda: melody_similarity(wav, sample_rate, conditions.melody[0],
-                                                             salience_fps=conditions.melody[1],
-                                                             extractor=self._extractor)))
-            if self._extractor_error is not None:
-                unavailable[self._extractor_error.metric] = self._extractor_error.reason
-        if "clap" in metrics and conditions.text:
-            jobs.append(("clap", lambda: {"clap": clap_score([wav], sample_rate, [conditions.text],
-                                                             **_clap_kwargs(metrics["clap"]))}))
-        for metric, compute in jobs:
-            try:
-                values.update({key: float(value) for key, value in compute().items()})
-            except MetricUnavailable as err:
-                unavailable[metric] = err.reason
-        return values, unavailable
-
-    def _onsets(self, wav: torch.Tensor, sample_rate: int, conditions: SampleConditions) -> dict[str, float]:
-        if conditions.drums is None:
-            raise MetricUnavailable("onsets", conditions.missing["onsets"])
-        drums, drums_rate = conditions.drums
-        return onset_f1(wav, sample_rate, drums, drums_rate, window_s=self.settings.metrics["onsets"]["window_s"])
-
-
-def _clap_kwargs(options: dict[str, Any]) -> dict[str, Any]:
-    return {} if options["model"] is None else {"model": options["model"]}
-
-
-# ---------------------------------------------------------------- the table
-@dataclass
-class EvaluationTable:
-    """Per-sample rows (`controls`, `sample`, `source`, `seek_time`, metric columns, `unavailable`) and set metrics."""
-
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    set_values: dict[str, dict[str, float]] = field(default_factory=dict)  # controls -> metric -> value
-    set_unavailable: dict[str, dict[str, str]] = field(default_factory=dict)  # controls -> metric -> reason
-
-    def add(self, controls: str, conditions: SampleConditions, values: dict[str, float],
-            unavailable: dict[str, str], source: str = "", seek_time: float = 0.0) -> None:
-        """One scored sample."""
-        self.rows.append({"controls": controls, "sample": conditions.name, "source": source,
-                          "seek_time": seek_time, "values": values, "unavailable": unavailable})
-
-    def extend(self, rows: Iterable[dict[str, Any]]) -> None:
-        """Rows of another table (another process's)."""
-        self.rows.extend(rows)
-
-    def columns(self) -> list[str]:
-        """Metric columns in the order met."""
-        return list(dict.fromkeys(key for row in self.rows for key in row["values"]))
-
-    def unavailable(self, controls: str) -> dict[str, str]:
-        """metric -> reason, of every metric unavailable in some row (or as a set metric) of `controls`."""
-        out: dict[str, str] = {}
-        for row in self.rows:
-            if row["controls"] == controls:
-                for metric, reason in row["unavailable"].items():
-                    out.setdefault(metric, reason)
-        out.update(self.set_unavailable.get(controls, {}))
-        return out
-
-    def means(self, controls: str) -> dict[str, float]:
-        """Mean of each metric column over the rows of `controls` (NaN cells left out), set metrics, and
-        NaN for each unavailable metric that gave no number at all."""
-        rows = [row for row in self.rows if row["controls"] == controls]
-        out: dict[str, float] = {}
-        for column in self.columns():
-            numbers = [row["values"][column] for row in rows
-                       if column in row["values"] and not math.isnan(row["values"][column])]
-            out[column] = sum(numbers) / len(numbers) if numbers else math.nan
-        out.update(self.set_values.get(controls, {}))
-        for metric in self.unavailable(controls):
-            if not any(metric_of(key) == metric for key in out):
-                out[PRIMARY_COLUMN.get(metric, metric)] = math.nan
-        return out
-
-    def write(self, folder: Path) -> tuple[Path, Path]:
-        """`metrics.csv` (one row per sample) and `summary.json` (means, counts, unavailable reasons) in `folder`."""
-        folder.mkdir(parents=True, exist_ok=True)
-        columns = self.columns()
-        csv_path = folder / "metrics.csv"
-        with csv_path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["controls", "sample", "source", "seek_time", *columns, "unavailable"])
-            for row in self.rows:
-                cells = [_cell(row, column) for column in columns]
-                reasons = "; ".join(f"{metric}: {reason}" for metric, reason in row["unavailable"].items())
-                writer.writerow([row["controls"], row["sample"], row["source"], f"{row['seek_time']:.3f}",
-                                 *cells, reasons])
-        summary = {}
-        for controls in dict.fromkeys(row["controls"] for row in self.rows):
-            summary[controls] = {
-                "samples": sum(row["controls"] == controls for row in self.rows),
-                "means": {k: None if math.isnan(v) else v for k, v in self.means(controls).items()},
-                "unavailable": self.unavailable(controls)}
-        summary_path = folder / "summary.json"
-        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-        return csv_path, summary_path
-
-
-def _cell(row: dict[str, Any], column: str) -> str:
-    if column in row["values"]:
-        return f"{row['values'][column]:.6g}"
-    metric = metric_of(column)
-    return UNAVAILABLE if metric in row["unavailable"] else ""
-
-
-def metric_of(column: str) -> str:
-    """The metric (`chords`, `onsets`, `melody`, `melody_salience`, `fad`, `clap`) a column belongs to."""
-    if column in COLUMN_METRIC:
-        return COLUMN_METRIC[column]
-    return "chords" if column.startswith("chords_") else column
-
-
-def fad_embedding(options: dict[str, Any]) -> AudioEmbedding:
-    """The FAD embedding of `evaluate.metrics.fad` (`weights`: the VGGish weights, or the CLAP model).
-
-    Raises:
-        MetricUnavailable: the embedding's weights or model cannot be loaded.
-        ValueError: `weights` given for the `mel` embedding, which has none.
-    """
-    name, weights = options["embedding"], options["weights"]
-    if name == "mel":
-        if weights is not None:
-            raise ValueError(f"evaluate.metrics.fad.weights={weights!r}: the mel embedding has no weights; "
-                             "leave it null or choose embedding vggish or clap")
-        return get_embedding("mel")
-    if name == "clap":
-        return get_embedding("clap") if weights is None else get_embedding("clap", model=weights)
-    return get_embedding(name, weights=weights)
-
-
-def set_fad(table: EvaluationTable, generated: dict[str, Sequence[Path]], reference: Sequence[Path],
-            options: dict[str, Any], cache_dir: Path) -> None:
-    """FAD of each set of generated files (`controls` -> paths) against the reference files, into `table`.
-
-    The reference statistics are cached in `cache_dir` (keyed by the embedding and the files). An
-    embedding that cannot load, or sets too short to embed, make FAD unavailable with the reason.
-    """
-    try:
-        embedding = fad_embedding(options)
-    except MetricUnavailable as err:
-        for controls in generated:
-            table.set_unavailable.setdefault(controls, {})["fad"] = err.reason
-        return
-    for controls, paths in generated.items():
-        try:
-            value = frechet_audio_distance(list(reference), list(paths), embedding=embedding, cache_dir=cache_dir)
-        except MetricUnavailable as err:
-            table.set_unavailable.setdefault(controls, {})["fad"] = err.reason
-        except ValueError as err:  # too few embedding vectors (clips too short)
-            table.set_unavailable.setdefault(controls, {})["fad"] = " ".join(str(err).split())
-        else:
-            table.set_values.setdefault(controls, {})["fad"] = value
 
 
 # ---------------------------------------------------------------- the solver's part

@@ -12,11 +12,8 @@ from helpers_training import ensure_example, experiment
 from omegaconf import OmegaConf
 
 from jasco.data.attributes import ConditioningAttributes, WavCondition
+from jasco.metrics import TEXT_ONLY, WITH_CONTROLS, EvaluationTable, SampleConditions
 from jasco.solvers.evaluation import (
-    TEXT_ONLY,
-    WITH_CONTROLS,
-    EvaluationTable,
-    SampleConditions,
     evaluate_generations,
     evaluation_settings,
     text_only,
