@@ -228,8 +228,8 @@ def main(cfg: DictConfig) -> None:
     if rank_zero:
         folder = solver.folder
         print(f"\nExperiment folder: {folder}\n  checkpoint: {solver.checkpoint_path}\n"
-              f"  samples: {folder / cfg.generate.path}\n  tensorboard: {folder / 'tensorboard'}\n"
-              f"  history: {folder / 'history.json'}")
+              f"  samples: {folder / cfg.generate.path}\n  evaluation: {folder / cfg.evaluate.path} (metrics.csv, "
+              f"summary.json)\n  tensorboard: {folder / 'tensorboard'}\n  history: {folder / 'history.json'}")
 
 
 @contextmanager

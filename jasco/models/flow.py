@@ -227,6 +227,17 @@ def check_solver(solver: str) -> None:
         raise ValueError(f"Unknown solver {solver!r}; choose from {list(ODE_SOLVERS)}")
 
 
+def check_sampler(solver: str, steps: int, time_grid: str, sway_coef: float, atol: float, rtol: float
+                  ) -> torch.Tensor:
+    """Check every sampler option, whatever the solver (ValueError naming the option); the fixed-step time grid."""
+    check_solver(solver)
+    grid = grid_times(time_grid, steps, sway_coef)
+    for name, tol in (("ode_atol", atol), ("ode_rtol", rtol)):
+        if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {tol!r}")
+    return grid
+
+
 def network_autocast(solver: str, device_type: str) -> torch.autocast:
     """The autocast the network runs under with `solver`: the caller's for fixed-step solvers, off for adaptive ones."""
     return torch.autocast(device_type, dtype=torch.get_autocast_dtype(device_type),
@@ -247,11 +258,7 @@ def solve(velocity: VelocityFn, z0: torch.Tensor, solver: str = DEFAULT_SOLVER, 
     An adaptive solver calls it in fp32: bf16 rounding makes the field noisy at ~1e-3 of its size, far
     above a 1e-5 tolerance, and the error control then shrinks the steps without end (~400 NFE).
     """
-    check_solver(solver)
-    grid = grid_times(time_grid, steps, sway_coef)  # validated whatever the solver
-    for name, tol in (("ode_atol", atol), ("ode_rtol", rtol)):
-        if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
-            raise ValueError(f"{name} must be a finite number > 0, got {tol!r}")
+    grid = check_sampler(solver, steps, time_grid, sway_coef, atol, rtol)
     device_type = z0.device.type
     network = network_autocast(solver, device_type)  # built before the solver turns autocast off
     nfe = [0]

@@ -160,6 +160,11 @@ class JascoSolver(StandardSolver):
         self.accumulation = cfg.optim.accumulation_steps
         distributed.check_global_batch(cfg.dataset.batch_size, self.accumulation, world)
         self.batch_size = -(-cfg.dataset.batch_size // (self.accumulation * world))  # the largest micro-batch
+        lm = cfg.generate.lm
+        try:  # at start, not at the first generate stage
+            flow.check_sampler(lm.solver, lm.steps, lm.time_grid, lm.sway_coef, lm.ode_atol, lm.ode_rtol)
+        except ValueError as err:
+            raise ValueError(f"generate.lm: {err}") from None
         if f".{cfg.generate.audio.format}" not in SOUNDFILE_EXTENSIONS:
             raise ValueError(f"generate.audio.format={cfg.generate.audio.format!r}: choose one of "
                              f"{sorted(suffix[1:] for suffix in SOUNDFILE_EXTENSIONS)}")

@@ -64,3 +64,15 @@ def test_non_finite_loss_is_a_clear_error(finished):
             solver.run_step(batch, train=True)
         assert f"{first.meta.path}@{first.seek_time:.2f}s" in str(caught.value)
         assert all(info.meta.path in str(caught.value) for info in batch[1])
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("generate.lm.solver=rk5", r"^generate\.lm: Unknown solver 'rk5'; choose from \['euler', 'midpoint'"),
+    ("generate.lm.steps=0", r"^generate\.lm: steps must be an integer >= 1, got 0$"),
+    ("generate.lm.time_grid=log", r"^generate\.lm: Unknown time_grid 'log'"),
+])
+def test_bad_sampler_settings_stop_the_run_at_start(override, message, tmp_path):
+    ensure_example()
+    from jasco.train import get_solver
+    with experiment(tmp_path, RUN + [override]) as xp, pytest.raises(ValueError, match=message):
+        get_solver(xp.cfg)  # builds the model and the loaders: no epoch is trained before the error
