@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+import math
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
+
+from jasco.controls.chords.symbols import parse_chord
 
 
 def sine(duration: float, sample_rate: int = 32000, freq: float = 440.0, amplitude: float = 0.5,
@@ -81,3 +84,20 @@ def make_audio_dir(root: Path, durations: list[float], sample_rate: int = 16000,
                  "moods": ["happy", "calm"], "keywords": "guitar, drums", "title": f"Song {i}"}))
         paths.append(p)
     return paths
+
+
+def chord_track(progression: list[tuple[float, str]], duration: float, sr: int) -> torch.Tensor:
+    """Sustained chord tones (MIDI 55..66) and a bass note, 5 decaying harmonics each `[N]`."""
+    t = torch.arange(int(duration * sr), dtype=torch.float64) / sr
+    out = torch.zeros_like(t)
+    ends = [s for s, _ in progression[1:]] + [duration]
+    for (start, label), end in zip(progression, ends):
+        mask = (t >= start) & (t < end)
+        symbol = parse_chord(label)
+        bass = symbol.bass if symbol.bass is not None else symbol.root
+        midis = [55 + (pc - 55) % 12 for pc in symbol.pitch_classes()] + [36 + (bass - 36) % 12]
+        for midi in midis:
+            freq = 440.0 * 2 ** ((midi - 69) / 12)
+            for h in range(1, 6):
+                out[mask] += 0.6 ** (h - 1) * torch.sin(2 * math.pi * h * freq * t[mask])
+    return (0.8 * out / out.abs().max()).float()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers_audio import chord_track
 
 from jasco.audio.chroma import chroma_features
 from jasco.audio.io import audio_read
@@ -21,7 +22,6 @@ from jasco.controls.chords.recognition import (
     reduce_majmin,
     viterbi,
 )
-from jasco.controls.chords.symbols import parse_chord
 from jasco.controls.chords.vocabulary import ChordVocabulary
 from jasco.prepare.chords import main
 
@@ -31,27 +31,9 @@ CHORDINO_SKIP = ("Chordino backend not installed (chord-extractor + vamp); run "
                  "`make install-chords` (docs/CHORDS.md)")
 
 
-def _render(progression: list[tuple[float, str]], duration: float, sr: int = SR) -> torch.Tensor:
-    """Pads (chord tones at MIDI 55..66 with 5 decaying harmonics) plus a bass note `[N]`."""
-    t = torch.arange(int(duration * sr), dtype=torch.float64) / sr
-    out = torch.zeros_like(t)
-    ends = [s for s, _ in progression[1:]] + [duration]
-    for (start, label), end in zip(progression, ends):
-        mask = (t >= start) & (t < end)
-        symbol = parse_chord(label)
-        midis = [55 + (pc - 55) % 12 for pc in symbol.pitch_classes()]
-        bass = symbol.bass if symbol.bass is not None else symbol.root
-        midis.append(36 + (bass - 36) % 12)
-        for midi in midis:
-            freq = 440.0 * 2 ** ((midi - 69) / 12)
-            for h in range(1, 6):
-                out[mask] += 0.1 * 0.6 ** (h - 1) * torch.sin(2 * math.pi * h * freq * t[mask])
-    return (0.8 * out / out.abs().max()).float()
-
-
 def test_synthetic_progression_with_slash_and_seventh() -> None:
     progression = [(0.0, "C"), (2.0, "Am"), (4.0, "F/A"), (6.0, "G7")]
-    estimate = recognize_chords(_render(progression, 8.0), SR, backend="templates")
+    estimate = recognize_chords(chord_track(progression, 8.0, SR), SR, backend="templates")
     assert [label for _, label in estimate] == ["C", "Am", "F/A", "G7"]
     for (want, _), (got, _) in zip(progression, estimate):
         assert abs(want - got) < 0.3
@@ -63,14 +45,14 @@ def test_silence_gives_no_chord() -> None:
 
 
 def test_silence_between_chords_is_no_chord() -> None:
-    wav = _render([(0.0, "D"), (2.0, "Bm")], 4.0)
+    wav = chord_track([(0.0, "D"), (2.0, "Bm")], 4.0, SR)
     wav = torch.cat([wav[: 2 * SR], torch.zeros(2 * SR), wav[2 * SR:]])
     labels = [label for _, label in recognize_chords(wav, SR, backend="templates")]
     assert labels == ["D", "N", "Bm"]
 
 
 def test_stereo_input_matches_mono() -> None:
-    mono = _render([(0.0, "Eb"), (2.0, "Cm7")], 4.0)
+    mono = chord_track([(0.0, "Eb"), (2.0, "Cm7")], 4.0, SR)
     stereo = torch.stack([mono, mono])  # [2, N]
     got = recognize_chords(stereo, SR, backend="templates")
     assert got == recognize_chords(mono, SR, backend="templates")
@@ -78,7 +60,7 @@ def test_stereo_input_matches_mono() -> None:
 
 
 def test_short_and_empty_input() -> None:
-    short = _render([(0.0, "A")], 0.2)  # a few chroma frames
+    short = chord_track([(0.0, "A")], 0.2, SR)  # a few chroma frames
     assert recognize_chords(short, SR, backend="templates") == [(0.0, "A")]
     assert recognize_chords(torch.zeros(0), SR, backend="templates") == [(0.0, "N")]
     assert recognize_chords(torch.zeros(5), SR, backend="templates") == [(0.0, "N")]
@@ -86,7 +68,7 @@ def test_short_and_empty_input() -> None:
 
 def test_labels_follow_vocabulary_spelling() -> None:
     vocabulary = ChordVocabulary({"N": 0, "Db": 1, "Bbm": 2, "UNK": 3})
-    got = recognize_chords(_render([(0.0, "C#"), (2.0, "A#m")], 4.0), SR, backend="templates",
+    got = recognize_chords(chord_track([(0.0, "C#"), (2.0, "A#m")], 4.0, SR), SR, backend="templates",
                            vocabulary=vocabulary)
     assert [label for _, label in got] == ["Db", "Bbm"]
 
@@ -186,7 +168,7 @@ def test_cli_recognize_and_vocab(tmp_path: Path) -> None:
     audio.mkdir()
     import soundfile as sf
 
-    sf.write(audio / "song.wav", _render([(0.0, "G"), (2.0, "Em")], 4.0).numpy(), SR)
+    sf.write(audio / "song.wav", chord_track([(0.0, "G"), (2.0, "Em")], 4.0, SR).numpy(), SR)
     assert main(["recognize", str(audio), "--backend", "templates"]) == 0
     assert [label for _, label in read_chord_file(audio / "song.chords.json")] == ["G", "Em"]
     out = tmp_path / "vocab.json"

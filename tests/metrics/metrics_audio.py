@@ -6,25 +6,6 @@ import math
 import numpy as np
 import torch
 
-from jasco.controls.chords.symbols import parse_chord
-
-
-def chord_track(progression: list[tuple[float, str]], duration: float, sr: int) -> torch.Tensor:
-    """Sustained chord tones (MIDI 55..66) and a bass note, 5 decaying harmonics each `[N]`."""
-    t = torch.arange(int(duration * sr), dtype=torch.float64) / sr
-    out = torch.zeros_like(t)
-    ends = [s for s, _ in progression[1:]] + [duration]
-    for (start, label), end in zip(progression, ends):
-        mask = (t >= start) & (t < end)
-        symbol = parse_chord(label)
-        bass = symbol.bass if symbol.bass is not None else symbol.root
-        midis = [55 + (pc - 55) % 12 for pc in symbol.pitch_classes()] + [36 + (bass - 36) % 12]
-        for midi in midis:
-            freq = 440.0 * 2 ** ((midi - 69) / 12)
-            for h in range(1, 6):
-                out[mask] += 0.6 ** (h - 1) * torch.sin(2 * math.pi * h * freq * t[mask])
-    return (0.8 * out / out.abs().max()).float()
-
 
 def click_track(times: list[float] | np.ndarray, duration: float, sr: int, seed: int = 0
                 ) -> torch.Tensor:

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import pytest
-from metrics_audio import chord_track
+from helpers_audio import chord_track
 
 from jasco.controls.chords.recognition import chordino_available
 from jasco.metrics import (
