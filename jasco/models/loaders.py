@@ -411,21 +411,25 @@ def load_jasco(src: str | os.PathLike, device: str | torch.device = "cpu", cache
         model = get_flow_matching_model(model_config(cfg), codec)
     except (KeyError, TypeError, ValueError) as err:
         raise ModelLoadError(f"cannot build the model described by the 'xp.cfg' of {path}: {err!r}") from err
-    expected = set(model.state_dict())
-    state = _match_state_keys(state, expected)
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise ModelLoadError(
-            f"the weights in {path} do not match the model built from its own xp.cfg: {len(missing)} missing "
-            f"(e.g. {missing[:4]}), {len(unexpected)} unexpected (e.g. {unexpected[:4]}).")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ModelLoadError(f"the weights in {path} do not fit the model built from its xp.cfg: {err}") from err
+    state = _match_state_keys(state, set(model.state_dict()))
+    _load_exactly(model, state, f"the weights in {path} do not fit the model built from its own xp.cfg")
     model.eval().to(device)
     codec.to(device).eval()
     model.cfg = cfg
     return LoadedJasco(model=model, compression_model=codec, cfg=cfg, source=path)
+
+
+def _load_exactly(model: torch.nn.Module, state: dict[str, torch.Tensor], problem: str, hint: str = "") -> None:
+    """Load `state` into `model` strictly; a mismatch raises ModelLoadError `problem: <what differs><hint>`."""
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ModelLoadError(f"{problem}: {len(missing)} weights missing (e.g. {missing[:4]}), {len(unexpected)} "
+                             f"unexpected (e.g. {unexpected[:4]}){hint}")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ModelLoadError(f"{problem}: {err}") from err
 
 
 def load_jasco_with_adapter(base: str | os.PathLike | None, adapter: str | os.PathLike,
@@ -457,18 +461,9 @@ def load_jasco_with_adapter(base: str | os.PathLike | None, adapter: str | os.Pa
     cfg = _cfg_from_package({"xp.cfg": folder.cfg_yaml}, folder.path / adapters.POINTER_FILE)
     codec = _codec_for(state, base_cfg, base, path, cache_dir)
     model = get_flow_matching_model(model_config(cfg), codec)
-    expected = set(model.state_dict())
-    state = {**_match_state_keys(state, expected), **folder.trained}
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise ModelLoadError(
-            f"the base model {base} does not fit adapter {folder.path}: {len(missing)} weights missing "
-            f"(e.g. {missing[:4]}), {len(unexpected)} unexpected (e.g. {unexpected[:4]}); was it trained on "
-            f"another base ({folder.base_model})?")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ModelLoadError(f"the base model {base} does not fit adapter {folder.path}: {err}") from err
+    state = {**_match_state_keys(state, set(model.state_dict())), **folder.trained}
+    _load_exactly(model, state, f"the base model {base} does not fit adapter {folder.path}",
+                  f"; was it trained on another base ({folder.base_model})?")
     adapters.add_lora(model, folder.config)
     adapters.load_lora_state(model, folder.lora, folder.path / adapters.ADAPTER_WEIGHTS_FILE)
     if merge:
